@@ -1,0 +1,161 @@
+"""Running a plan: chunked, multi-threaded, bounded in memory.
+
+The executor alone owns threads, buffers and progress. Each tensor streams through in chunks of
+at most ``chunk_elements``; a chunk reads zero-copy views of both memory-mapped inputs, runs the
+kernel once per schedule into a small buffer and ``pwrite``s it where the plan placed it. Input
+pages are released after use and the next chunk is prefetched, so reading, computing and
+writing overlap across the worker threads while resident memory stays at about
+``threads * 2`` chunks, whatever the model or tensor size.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..format.dtypes import NUMPY_DTYPES
+from ..format.safetensors import MappedFile, TensorInfo
+from ..format.writer import ShardFile
+from ..kernels import convert, load_backend
+from ..plan.planner import Plan, ShardJob, TensorJob
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_ELEMENTS = 4 * 2**20  # 8 MiB of BF16 per input per chunk
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Elements ``[start, stop)`` of one tensor job of one shard: the unit of work."""
+
+    shard: ShardJob
+    job: TensorJob
+    start: int
+    stop: int
+
+
+def chunks(plan: Plan, chunk_elements: int, shards: list[int] | None = None) -> Iterator[Chunk]:
+    """Every chunk of the plan (or of the listed shard indices), in on-disk order."""
+    for shard in plan.shards:
+        if shards is not None and shard.index not in shards:
+            continue
+        for job in shard.tensors:
+            n = job.numel
+            for start in range(0, max(n, 1), chunk_elements):
+                yield Chunk(shard, job, start, min(start + chunk_elements, n))
+
+
+class _Inputs:
+    """One shared read-only map per input file."""
+
+    def __init__(self):
+        self._maps: dict[Path, MappedFile] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> MappedFile:
+        with self._lock:
+            m = self._maps.get(path)
+            if m is None:
+                m = self._maps[path] = MappedFile(path)
+            return m
+
+    def range(self, info: TensorInfo, start: int, stop: int) -> tuple[MappedFile, int, int]:
+        size = NUMPY_DTYPES[info.dtype].itemsize
+        return self.get(info.path), info.start + start * size, info.start + stop * size
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+
+
+def run_plan(
+    plan: Plan,
+    outputs: list[dict[int, ShardFile]],
+    *,
+    backend: str,
+    threads: int = 2,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    shards: list[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Compute every chunk of ``plan`` into the open shard files.
+
+    Args:
+        plan: the plan.
+        outputs: for each schedule of the plan, shard index -> open :class:`ShardFile`.
+        backend: a backend name (``native``, ``numba``, ``numpy``), already resolved.
+        threads: worker threads; the kernels release the GIL.
+        chunk_elements: elements per chunk (memory bound, not a result: bits never depend on it).
+        shards: only these shard indices (default: all).
+        progress: called with the number of output bytes (all schedules) each chunk finished.
+    """
+    kernel = load_backend(backend)
+    inputs = _Inputs()
+
+    def work(chunk: Chunk, ahead: Chunk | None) -> int:
+        job = chunk.job
+        if ahead is not None:
+            for info in (ahead.job.dpo, ahead.job.sft):
+                if info is not None:
+                    mapped, lo, hi = inputs.range(info, ahead.start, ahead.stop)
+                    mapped.prefetch(lo, hi)
+        dmap, d0, d1 = inputs.range(job.dpo, chunk.start, chunk.stop)
+        dpo = dmap.view(d0, d1, NUMPY_DTYPES[job.dpo.dtype])
+        out_dtype = NUMPY_DTYPES[job.dtype]
+        base = len(chunk.shard.header) + job.offset + chunk.start * out_dtype.itemsize
+        written = 0
+        if job.sft is None:
+            for files in outputs:
+                files[chunk.shard.index].pwrite(dpo, base)
+                written += dpo.nbytes
+        else:
+            smap, s0, s1 = inputs.range(job.sft, chunk.start, chunk.stop)
+            sft = smap.view(s0, s1, NUMPY_DTYPES[job.sft.dtype])
+            buffer = np.empty(chunk.stop - chunk.start, out_dtype)
+            for alpha, files in zip(job.alphas, outputs):
+                if alpha == 0.0:
+                    convert(dpo, buffer)
+                else:
+                    kernel(dpo, sft, alpha, buffer)
+                files[chunk.shard.index].pwrite(buffer, base)
+                written += buffer.nbytes
+            del sft
+            smap.release(s0, s1)
+        del dpo
+        dmap.release(d0, d1)
+        return written
+
+    pending: deque[Future] = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="expo") as pool:
+            todo = chunks(plan, chunk_elements, shards)
+            current = next(todo, None)
+            while current is not None:
+                ahead = next(todo, None)
+                pending.append(pool.submit(work, current, ahead))
+                current = ahead
+                if len(pending) >= 2 * threads:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    _collect(pending, done, progress)
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                _collect(pending, done, progress)
+    finally:
+        for future in pending:
+            future.cancel()
+        inputs.close()
+
+
+def _collect(pending: deque, done: set, progress: Callable[[int], None] | None) -> None:
+    for future in list(done):
+        pending.remove(future)
+        written = future.result()  # re-raises a worker's error here
+        if progress is not None:
+            progress(written)

@@ -1,0 +1,211 @@
+"""``merge``: the library entry point, from two checkpoints to a published output directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ExpoStreamError, UsageError
+from ..format.checkpoint import INDEX_NAME, open_checkpoint
+from ..format.dtypes import TORCH_NAMES
+from ..format.writer import ShardFile, Staging
+from ..kernels import describe_backend, resolve_backend
+from ..plan.options import (
+    DEFAULT_MAX_SHARD_SIZE, MergeOptions, build_schedules, load_recipe, parse_dtype, parse_size,
+)
+from ..plan.planner import Plan, build_plan
+from ..version import __version__
+from .executor import DEFAULT_CHUNK_ELEMENTS, run_plan
+
+log = logging.getLogger(__name__)
+
+RECIPE_NAME = "expo_recipe.json"
+# Files besides the weights that a model directory needs, copied from DPO.
+SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+              "merges.txt", "chat_template.jinja", "chat_template.json",
+              "preprocessor_config.json", "processor_config.json")
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    out: Path
+    outputs: tuple[Path, ...]  # one model directory per schedule
+    plan: Plan
+    backend: str
+
+
+def make_options(
+    sft: str | Path | None = None,
+    dpo: str | Path | None = None,
+    *,
+    alpha: str | float | list | None = None,
+    layer_alphas: str | list | None = None,
+    non_layer_alpha: str | float | None = None,
+    recipe: str | Path | None = None,
+    dtype: str | None = None,
+    max_shard_size: str | int | None = None,
+    copy_unmatched: bool = False,
+) -> MergeOptions:
+    """MergeOptions from flag-style values, or from a recipe file (flags then may not set α)."""
+    if recipe is not None:
+        if alpha is not None or layer_alphas is not None or non_layer_alpha is not None:
+            raise UsageError("give α either in the recipe or as flags, not both")
+        opts = load_recipe(Path(recipe), Path(sft) if sft else None, Path(dpo) if dpo else None)
+        overrides = {}
+        if dtype is not None:
+            overrides["dtype"] = parse_dtype(dtype)
+        if max_shard_size is not None:
+            overrides["max_shard_size"] = parse_size(max_shard_size)
+        if copy_unmatched:
+            overrides["copy_unmatched"] = True
+        return replace(opts, **overrides)
+    if sft is None or dpo is None:
+        raise UsageError("both --sft and --dpo are required")
+    return MergeOptions(
+        sft=Path(sft), dpo=Path(dpo),
+        schedules=build_schedules(alpha=alpha, layer_alphas=layer_alphas,
+                                  non_layer_alpha=non_layer_alpha),
+        dtype=parse_dtype(dtype),
+        max_shard_size=parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE),
+        copy_unmatched=copy_unmatched,
+    )
+
+
+def plan_merge(options: MergeOptions) -> Plan:
+    """Read both checkpoints' headers and build the plan (no tensor data is read)."""
+    return build_plan(open_checkpoint(options.sft), open_checkpoint(options.dpo), options)
+
+
+def merge(
+    sft: str | Path | None = None,
+    dpo: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    options: MergeOptions | None = None,
+    backend: str = "auto",
+    threads: int = 2,
+    overwrite: bool = False,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    progress: Callable[[int], None] | None = None,
+    **option_values,
+) -> MergeResult:
+    """Extrapolate ``dpo + alpha*(dpo - sft)`` and write the result to ``out``.
+
+    Args:
+        sft, dpo: checkpoint directories or ``.safetensors`` files.
+        out: output directory; with several schedules (``alpha=[0.3, 0.5]``) one subdirectory
+            per schedule (``alpha-0.3``, ...).
+        options: a prepared :class:`MergeOptions`; otherwise ``option_values`` are passed to
+            :func:`make_options` (``alpha``, ``layer_alphas``, ``non_layer_alpha``, ``recipe``,
+            ``dtype``, ``max_shard_size``, ``copy_unmatched``).
+        backend: ``auto``, ``native``, ``numba`` or ``numpy``.
+        threads: worker threads.
+        overwrite: replace an existing ``out``.
+        chunk_elements: elements per chunk (bounds memory; never changes a bit).
+        progress: called with output bytes as chunks finish.
+
+    Returns:
+        A :class:`MergeResult`.
+
+    Raises:
+        ExpoStreamError subclasses: UsageError, FormatError, PlanError, OutputError,
+        BackendUnavailableError. On any error nothing is left at ``out``.
+
+    Example:
+        >>> merge("sft/", "dpo/", "out/", alpha=0.3)  # doctest: +SKIP
+    """
+    if out is None:
+        raise UsageError("an output directory is required")
+    if options is None:
+        options = make_options(sft, dpo, **option_values)
+    elif option_values or sft is not None or dpo is not None:
+        raise UsageError("pass either options= or sft/dpo/option values, not both")
+    out = Path(out)
+    backend = resolve_backend(backend)
+    plan = plan_merge(options)
+    staging = Staging(out, [options.sft if options.sft.is_dir() else options.sft.parent,
+                            options.dpo if options.dpo.is_dir() else options.dpo.parent], overwrite)
+    several = len(plan.schedules) > 1
+    subdirs = [sch.label if several else "." for sch in plan.schedules]
+    log.info("merging %d tensors into %d shard(s) x %d schedule(s) with %s",
+             len(plan.tensors), len(plan.shards), len(subdirs), describe_backend(backend))
+    files: list[dict[int, ShardFile]] = []
+    try:
+        for sub in subdirs:
+            (staging.path / sub).mkdir(parents=True, exist_ok=True)
+            files.append({
+                s.index: ShardFile(staging.path / sub / s.filename, s.header, s.file_bytes)
+                for s in plan.shards
+            })
+        run_plan(plan, files, backend=backend, threads=threads, chunk_elements=chunk_elements,
+                 progress=progress)
+        for shard_files in files:
+            for f in shard_files.values():
+                f.close()
+        files = []
+        for i, sub in enumerate(subdirs):
+            _write_side_files(staging, sub, plan, i, backend)
+        staging.commit()
+    except BaseException:
+        for shard_files in files:
+            for f in shard_files.values():
+                try:
+                    f.close()
+                except ExpoStreamError:
+                    pass
+        staging.abort()
+        raise
+    outputs = tuple((out / sub).resolve() if several else out.resolve() for sub in subdirs)
+    return MergeResult(out=out, outputs=outputs, plan=plan, backend=backend)
+
+
+def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backend: str) -> None:
+    dpo_root = plan.dpo.root
+    for name in SIDE_FILES:
+        src = dpo_root / name
+        if src.is_file():
+            staging.write_bytes(f"{sub}/{name}", src.read_bytes())
+    if plan.dpo.config:
+        config = dict(plan.dpo.config)
+        dtypes = {t.dtype for t in plan.tensors if t.sft is not None}
+        if len(dtypes) == 1 and (name := TORCH_NAMES.get(dtypes.pop())):
+            config["torch_dtype"] = name
+            if "dtype" in config:  # transformers 5 writes `dtype`
+                config["dtype"] = name
+        staging.write_json(f"{sub}/config.json", config)
+    if len(plan.shards) > 1:
+        staging.write_json(f"{sub}/{INDEX_NAME}", {
+            "metadata": {"total_size": plan.output_bytes},
+            "weight_map": plan.weight_map(),
+        })
+    staging.write_json(f"{sub}/{RECIPE_NAME}", resolved_recipe(plan, which, backend))
+
+
+def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:
+    """What made an output: inputs, the schedule, and the α of every tensor."""
+    schedule = plan.schedules[which]
+    return {
+        "tool": "expo-stream",
+        "version": __version__,
+        "formula": "dpo + alpha * (dpo - sft), correctly rounded (docs/arithmetic.md)",
+        "sft": str(plan.sft.root.resolve()),
+        "dpo": str(plan.dpo.root.resolve()),
+        "schedule": {
+            "alpha": schedule.alpha,
+            "layer_alphas": list(schedule.layer_alphas) if schedule.layer_alphas else None,
+            "per_layer": list(schedule.per_layer) if schedule.per_layer else None,
+            "non_layer_alpha": schedule.non_layer_alpha,
+            "rules": [{"match": r.pattern, "alpha": r.alpha} for r in schedule.rules],
+        },
+        "dtype": plan.options.dtype,
+        "backend": backend,
+        "tensors": {
+            t.name: ({"alpha": t.alphas[which], "why": t.why[which]} if t.sft is not None
+                     else {"copied": True})
+            for t in plan.tensors
+        },
+    }

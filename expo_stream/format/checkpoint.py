@@ -1,0 +1,122 @@
+"""A checkpoint: every tensor of a model, by name, across its safetensors shards.
+
+Accepted forms: a directory holding ``model.safetensors`` or shards with
+``model.safetensors.index.json``; or a single ``.safetensors`` file. Only headers are read here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FormatError, UsageError
+from .safetensors import Header, TensorInfo, read_header
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The validated tensor table of one checkpoint.
+
+    Attributes:
+        root: the directory (or the file's directory) the checkpoint lives in.
+        files: the safetensors files, in the order their tensors are listed.
+        tensors: name -> where it lives; ordered by file, then by offset (on-disk order).
+        config: the parsed ``config.json`` beside the weights, or ``{}``.
+    """
+
+    root: Path
+    files: tuple[Path, ...]
+    tensors: dict[str, TensorInfo]
+    config: dict
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and validate every header of the checkpoint at ``path``.
+
+    Raises:
+        UsageError: the path does not exist.
+        FormatError: an index or header is malformed, a shard is missing, a tensor is listed in
+            the wrong shard or appears in two.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.name == INDEX_NAME:
+            return _from_index(path.parent, path)
+        return _from_files(path.parent, [path])
+    index = path / INDEX_NAME
+    if index.exists():
+        return _from_index(path, index)
+    single = path / SINGLE_NAME
+    if single.exists():
+        return _from_files(path, [single])
+    found = sorted(path.glob("*.safetensors"))
+    if len(found) == 1:
+        return _from_files(path, found)
+    if found:
+        raise FormatError(
+            f"{path}: {len(found)} .safetensors files but no {INDEX_NAME} to say how they combine"
+        )
+    raise FormatError(f"{path}: no model.safetensors, {INDEX_NAME} or .safetensors file found")
+
+
+def _from_index(root: Path, index_path: Path) -> Checkpoint:
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{index_path}: cannot parse index ({exc})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise FormatError(f"{index_path}: `weight_map` must map tensor names to file names")
+    shard_names = list(dict.fromkeys(weight_map.values()))
+    for name in shard_names:
+        if Path(name).name != name:
+            raise FormatError(f"{index_path}: shard name {name!r} is not a plain file name")
+        if not (root / name).is_file():
+            raise FormatError(f"{index_path}: shard {name} is missing from {root}")
+    checkpoint = _from_files(root, [root / name for name in shard_names])
+    for tensor, shard in weight_map.items():
+        info = checkpoint.tensors.get(tensor)
+        if info is None or info.path.name != shard:
+            raise FormatError(f"{root / shard}: index lists tensor `{tensor}` but the shard lacks it")
+    unlisted = [n for n in checkpoint.tensors if n not in weight_map]
+    if unlisted:
+        raise FormatError(
+            f"{checkpoint.tensors[unlisted[0]].path}: tensor `{unlisted[0]}` is not in {index_path.name}"
+        )
+    return checkpoint
+
+
+def _from_files(root: Path, files: list[Path]) -> Checkpoint:
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        header: Header = read_header(file)
+        for info in header.tensors:
+            if info.name in tensors:
+                raise FormatError(
+                    f"{file}: tensor `{info.name}` also appears in {tensors[info.name].path.name}"
+                )
+            tensors[info.name] = info
+    return Checkpoint(root=root, files=tuple(files), tensors=tensors, config=_read_config(root))
+
+
+def _read_config(root: Path) -> dict:
+    config = root / "config.json"
+    if not config.is_file():
+        return {}
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{config}: cannot parse ({exc})") from None
+    return parsed if isinstance(parsed, dict) else {}

@@ -1,0 +1,219 @@
+"""Writing outputs: a staging directory that becomes the output only when complete.
+
+Until :meth:`Staging.commit`, the output path holds nothing: shards are written into a hidden
+sibling directory ``.<name>.expo-partial``; the index, config and recipe go in last, everything
+is fsynced, and one ``rename`` publishes the result. A crash leaves only the hidden directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OutputError, UsageError
+
+SYNC_EVERY_BYTES = 64 * 2**20  # flush dirty pages in steps so they do not pile up
+
+
+def staging_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.expo-partial"
+
+
+class ShardFile:
+    """One output shard, opened for positional writes from many threads.
+
+    The file is sized up front (``posix_fallocate``) so a full disk fails at once; chunks are
+    written with ``pwrite`` at offsets the plan fixed, and every ``SYNC_EVERY_BYTES`` the file is
+    synced and its clean pages dropped from the page cache.
+    """
+
+    def __init__(self, path: Path, header: bytes, size: int):
+        self.path = path
+        self._lock = threading.Lock()
+        self._unsynced = 0
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create ({exc.strerror})") from None
+        try:
+            if size:
+                os.posix_fallocate(self._fd, 0, size)
+            self.pwrite(header, 0)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def pwrite(self, data: bytes | np.ndarray, offset: int) -> None:
+        # A uint8 view: memoryview cannot export bf16/f16 arrays with their own format.
+        view = memoryview(data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else data)
+        size = view.nbytes
+        try:
+            while view.nbytes:
+                n = os.pwrite(self._fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as exc:
+            what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+            raise OutputError(f"{self.path}: write failed at byte {offset} ({what})") from None
+        with self._lock:
+            self._unsynced += size
+            flush = self._unsynced >= SYNC_EVERY_BYTES
+            if flush:
+                self._unsynced = 0
+        if flush:
+            self._sync_and_drop()
+
+    def _sync_and_drop(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: sync failed ({exc.strerror})") from None
+        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: sync failed ({exc.strerror})") from None
+        finally:
+            os.close(self._fd)
+
+
+class Staging:
+    """The hidden directory a merge writes into, published by :meth:`commit`.
+
+    Args:
+        out: the final output directory.
+        inputs: input checkpoint roots; an output inside one of them is refused.
+        overwrite: replace an existing ``out`` at commit time.
+    """
+
+    def __init__(self, out: Path, inputs: list[Path], overwrite: bool = False):
+        self.out = Path(out).absolute()
+        for root in inputs:
+            root = Path(root).resolve()
+            if self.out.resolve() == root or root in self.out.resolve().parents:
+                raise UsageError(f"{out}: output would be inside the input {root}")
+        if self.out.exists() and not overwrite:
+            raise UsageError(f"{out}: already exists (use --overwrite to replace it)")
+        self.overwrite = overwrite
+        self.path = staging_path(self.out)
+        parent = self.out.parent
+        if not parent.is_dir():
+            raise UsageError(f"{parent}: output's parent directory does not exist")
+        if not os.access(parent, os.W_OK):
+            raise OutputError(f"{parent}: not writable")
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        try:
+            self.path.mkdir()
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create ({exc.strerror})") from None
+
+    def write_text(self, relative: str, text: str) -> None:
+        self.write_bytes(relative, text.encode("utf-8"))
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        target = self.path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(target, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+            raise OutputError(f"{target}: write failed ({what})") from None
+
+    def write_json(self, relative: str, obj: object) -> None:
+        self.write_text(relative, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+    def commit(self) -> Path:
+        """Publish the staging directory as ``out`` (atomically, by rename)."""
+        _fsync_tree(self.path)
+        old = None
+        if self.out.exists():
+            if not self.overwrite:
+                raise UsageError(f"{self.out}: appeared during the merge; not replacing it")
+            old = self.out.parent / f".{self.out.name}.expo-old"
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(self.out, old)
+        os.rename(self.path, self.out)
+        _fsync_dir(self.out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        """Remove everything written so far."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, _ in os.walk(root):
+        _fsync_dir(Path(dirpath))
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write whole NumPy arrays as one safetensors file (for demos, tests and benchmarks).
+
+    ``tensors`` maps names to arrays whose dtypes are in ``format.dtypes.NUMPY_DTYPES``.
+    """
+    from .dtypes import NUMPY_DTYPES
+
+    by_numpy = {dt: name for name, dt in NUMPY_DTYPES.items()}
+    entries: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, arr in tensors.items():
+        entries[name] = {"dtype": by_numpy[arr.dtype], "shape": list(arr.shape),
+                         "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    body = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    body += b" " * (-len(body) % 8)
+    with open(path, "wb") as f:
+        f.write(len(body).to_bytes(8, "little"))
+        f.write(body)
+        for arr in tensors.values():
+            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+
+
+def save_checkpoint(directory: Path, tensors: dict, max_shard_bytes: int | None = None,
+                    config: dict | None = None) -> None:
+    """Write a checkpoint directory: one ``model.safetensors``, or shards plus an index."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    groups: list[dict] = [{}]
+    size = 0
+    for name, arr in tensors.items():
+        if groups[-1] and max_shard_bytes is not None and size + arr.nbytes > max_shard_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][name] = arr
+        size += arr.nbytes
+    if len(groups) == 1:
+        write_safetensors(directory / "model.safetensors", groups[0])
+    else:
+        weight_map = {}
+        for i, group in enumerate(groups):
+            filename = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+            write_safetensors(directory / filename, group)
+            weight_map.update({name: filename for name in group})
+        total = sum(a.nbytes for a in tensors.values())
+        (directory / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    if config is not None:
+        (directory / "config.json").write_text(json.dumps(config, indent=2))

@@ -1,0 +1,216 @@
+"""The plan: a frozen list of shard jobs, each a list of tensor jobs, built from headers alone.
+
+Every name, shape and dtype mismatch is found here, before a byte of tensor data is read. Each
+shard of the output is an independent job (its header, and every tensor's byte range in it, are
+fixed here), so an executor may run shards, or chunks of tensors, in any order and in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+from ..errors import PlanError
+from ..format.checkpoint import Checkpoint
+from ..format.dtypes import ITEMSIZE, MERGEABLE, is_float
+from ..format.safetensors import TensorInfo
+from .options import MergeOptions
+from .schedule import LayerRef, Schedule, layer_table
+
+SINGLE_SHARD_NAME = "model.safetensors"
+HEADER_METADATA = {"format": "pt"}
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor. ``sft is None`` means a byte copy of ``dpo``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # output dtype
+    dpo: TensorInfo
+    sft: TensorInfo | None
+    alphas: tuple[float, ...]  # one per schedule; empty for copies
+    why: tuple[str, ...]  # which schedule rule set each α
+    layer: LayerRef | None
+    offset: int  # byte offset inside the shard's data section
+
+    @property
+    def numel(self) -> int:
+        return self.dpo.numel
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * ITEMSIZE[self.dtype]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One output file, identical in layout for every schedule."""
+
+    index: int
+    filename: str
+    header: bytes  # the 8-byte length and the padded JSON
+    tensors: tuple[TensorJob, ...]
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def file_bytes(self) -> int:
+        return len(self.header) + self.data_bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    sft: Checkpoint
+    dpo: Checkpoint
+    options: MergeOptions
+    shards: tuple[ShardJob, ...]
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]:
+        return self.options.schedules
+
+    @property
+    def tensors(self) -> tuple[TensorJob, ...]:
+        return tuple(t for s in self.shards for t in s.tensors)
+
+    @property
+    def output_bytes(self) -> int:
+        """Tensor bytes of one output model."""
+        return sum(s.data_bytes for s in self.shards)
+
+    @property
+    def input_bytes(self) -> int:
+        """Tensor bytes read from both inputs."""
+        return sum(t.dpo.nbytes + (t.sft.nbytes if t.sft else 0) for t in self.tensors)
+
+    def weight_map(self) -> dict[str, str]:
+        return {t.name: s.filename for s in self.shards for t in s.tensors}
+
+
+def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
+    """Pair tensors by name, check them, assign α and lay out the output shards.
+
+    Raises:
+        PlanError: listing every name, shape and dtype mismatch at once, or a schedule that does
+            not fit the model (layer α on a model without layers, a per-layer list of the wrong
+            length).
+    """
+    problems: list[str] = []
+    only_sft = [n for n in sft.tensors if n not in dpo.tensors]
+    if only_sft:
+        problems.append(_names("only in SFT", only_sft))
+    only_dpo = [n for n in dpo.tensors if n not in sft.tensors]
+    if only_dpo and not options.copy_unmatched:
+        problems.append(_names("only in DPO (use --copy-unmatched to copy them)", only_dpo))
+
+    layers = layer_table(list(dpo.tensors))
+    if any(s.is_layerwise for s in options.schedules) and not layers:
+        raise PlanError(
+            f"{dpo.root}: layer α given but no tensor name holds a layer index "
+            f"(looked for `<stack>.layers.N.`, `.h.N.`, `.blocks.N.`; first tensor: "
+            f"`{next(iter(dpo.tensors), '')}`)"
+        )
+    _check_layer_count(dpo, layers)
+
+    jobs: list[TensorJob] = []
+    for name, d in dpo.tensors.items():
+        s = sft.tensors.get(name)
+        if s is None:
+            if options.copy_unmatched:
+                jobs.append(_copy_job(name, d, layers.get(name)))
+            continue
+        problem = _mismatch(name, s, d)
+        if problem:
+            problems.append(problem)
+            continue
+        if d.dtype not in MERGEABLE:
+            jobs.append(_copy_job(name, d, layers.get(name)))
+            continue
+        layer = layers.get(name)
+        decided = [sch.alpha_for(name, layer) for sch in options.schedules]
+        jobs.append(TensorJob(
+            name=name, shape=d.shape, dtype=options.dtype or d.dtype, dpo=d, sft=s,
+            alphas=tuple(a for a, _ in decided), why=tuple(w for _, w in decided),
+            layer=layer, offset=0,
+        ))
+    if problems:
+        raise PlanError(
+            f"SFT {sft.root} and DPO {dpo.root} cannot be merged: " + "; ".join(problems)
+        )
+    return Plan(sft=sft, dpo=dpo, options=options, shards=_layout(jobs, options.max_shard_size))
+
+
+def _mismatch(name: str, s: TensorInfo, d: TensorInfo) -> str | None:
+    if s.shape != d.shape:
+        return f"tensor `{name}`: shape {list(s.shape)} in SFT vs {list(d.shape)} in DPO"
+    if is_float(s.dtype) != is_float(d.dtype):
+        return f"tensor `{name}`: dtypes {s.dtype} (SFT) and {d.dtype} (DPO) are not mergeable"
+    if is_float(d.dtype):
+        for dt, side in ((s.dtype, "SFT"), (d.dtype, "DPO")):
+            if dt not in MERGEABLE:
+                return f"tensor `{name}`: {side} dtype {dt} is not supported (BF16, F16, F32)"
+    elif s.dtype != d.dtype:
+        return f"tensor `{name}`: integer dtypes differ, {s.dtype} (SFT) vs {d.dtype} (DPO)"
+    return None
+
+
+def _copy_job(name: str, d: TensorInfo, layer: LayerRef | None) -> TensorJob:
+    return TensorJob(name=name, shape=d.shape, dtype=d.dtype, dpo=d, sft=None, alphas=(),
+                     why=(), layer=layer, offset=0)
+
+
+def _names(what: str, names: list[str]) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:5])
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"{len(names)} tensor(s) {what}: {shown}{more}"
+
+
+def _check_layer_count(dpo: Checkpoint, layers: dict[str, LayerRef]) -> None:
+    stacks = {ref.stack: ref.count for ref in layers.values()}
+    expected = dpo.config.get("num_hidden_layers")
+    if len(stacks) == 1 and isinstance(expected, int):
+        (stack, count), = stacks.items()
+        if count != expected:
+            raise PlanError(
+                f"{dpo.root / 'config.json'}: num_hidden_layers is {expected} but tensor names "
+                f"under `{stack}` hold {count} layers"
+            )
+
+
+def _layout(jobs: list[TensorJob], max_shard_size: int) -> tuple[ShardJob, ...]:
+    """Greedy shards in DPO's on-disk order, as transformers' shard_checkpoint does."""
+    groups: list[list[TensorJob]] = [[]]
+    size = 0
+    for job in jobs:
+        if groups[-1] and size + job.nbytes > max_shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(job)
+        size += job.nbytes
+    n = len(groups)
+    shards = []
+    for i, group in enumerate(groups):
+        filename = SINGLE_SHARD_NAME if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        placed, offset = [], 0
+        for job in group:
+            placed.append(replace(job, offset=offset))
+            offset += job.nbytes
+        shards.append(ShardJob(i, filename, encode_header(placed), tuple(placed)))
+    return tuple(shards)
+
+
+def encode_header(tensors: list[TensorJob]) -> bytes:
+    """The safetensors header for tensors laid out back to back, padded to 8 bytes."""
+    entries: dict[str, object] = {"__metadata__": HEADER_METADATA}
+    for t in tensors:
+        entries[t.name] = {
+            "dtype": t.dtype, "shape": list(t.shape),
+            "data_offsets": [t.offset, t.offset + t.nbytes],
+        }
+    body = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    body += b" " * (-len(body) % 8)
+    return len(body).to_bytes(8, "little") + body
