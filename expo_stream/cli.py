@@ -72,18 +72,19 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
                            non_layer_alpha=non_layer_alpha, recipe=recipe, dtype=dtype,
                            max_shard_size=max_shard_size, copy_unmatched=copy_unmatched)
     chosen = resolve_backend(backend)
+    plan = plan_merge(options)
     if dry_run:
-        click.echo(describe_plan(plan_merge(options), describe_backend(chosen)))
+        click.echo(describe_plan(plan, describe_backend(chosen)))
         return
     bar = None
     if not quiet:
         from tqdm import tqdm
 
-        bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="merge",
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=plan.output_bytes * len(plan.schedules), unit="B", unit_scale=True,
+                   unit_divisor=1024, desc="merge", file=sys.stderr, dynamic_ncols=True)
     try:
-        result = run_merge(out=out, options=options, backend=chosen, threads=threads,
-                           overwrite=overwrite, progress=bar.update if bar else None)
+        result = run_merge(out=out, plan=plan, backend=chosen, threads=threads,
+                           overwrite=overwrite, progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()

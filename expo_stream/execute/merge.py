@@ -86,6 +86,7 @@ def merge(
     out: str | Path | None = None,
     *,
     options: MergeOptions | None = None,
+    plan: Plan | None = None,
     backend: str = "auto",
     threads: int = 2,
     overwrite: bool = False,
@@ -99,6 +100,7 @@ def merge(
         sft, dpo: checkpoint directories or ``.safetensors`` files.
         out: output directory; with several schedules (``alpha=[0.3, 0.5]``) one subdirectory
             per schedule (``alpha-0.3``, ...).
+        plan: a plan from :func:`plan_merge` (saves reading the headers again).
         options: a prepared :class:`MergeOptions`; otherwise ``option_values`` are passed to
             :func:`make_options` (``alpha``, ``layer_alphas``, ``non_layer_alpha``, ``recipe``,
             ``dtype``, ``max_shard_size``, ``copy_unmatched``).
@@ -120,13 +122,15 @@ def merge(
     """
     if out is None:
         raise UsageError("an output directory is required")
+    if plan is not None:
+        options = plan.options
     if options is None:
         options = make_options(sft, dpo, **option_values)
     elif option_values or sft is not None or dpo is not None:
-        raise UsageError("pass either options= or sft/dpo/option values, not both")
+        raise UsageError("pass either options=/plan= or sft/dpo/option values, not both")
     out = Path(out)
     backend = resolve_backend(backend)
-    plan = plan_merge(options)
+    plan = plan or plan_merge(options)
     staging = Staging(out, [options.sft if options.sft.is_dir() else options.sft.parent,
                             options.dpo if options.dpo.is_dir() else options.dpo.parent], overwrite)
     several = len(plan.schedules) > 1

@@ -1,0 +1,75 @@
+"""Tiny checkpoints for end-to-end tests, and reading outputs back tensor by tensor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import safetensors.numpy
+
+from expo_stream.demo import llama_shapes
+from expo_stream.format.writer import save_checkpoint
+
+DT = {"BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16),
+      "F32": np.dtype(np.float32)}
+RAW = {2: np.uint16, 4: np.uint32}
+
+TINY = {"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 4,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 24,
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16"}
+
+
+def tiny_pair(root: Path, sft_dtype="BF16", dpo_dtype="BF16", config=TINY, seed=0,
+              sft_shard=None, dpo_shard=300, extra=None):
+    """SFT in one file (default) and DPO in ~300-byte shards: layouts differ on purpose."""
+    rng = np.random.default_rng(seed)
+    sft, dpo = {}, {}
+    for name, shape in llama_shapes(config).items():
+        base = rng.standard_normal(shape).astype(np.float32) * 0.05
+        sft[name] = base.astype(DT[sft_dtype])
+        dpo[name] = (base + rng.standard_normal(shape).astype(np.float32) * 1e-3).astype(DT[dpo_dtype])
+    for name, (s, d) in (extra or {}).items():
+        if s is not None:
+            sft[name] = s
+        if d is not None:
+            dpo[name] = d
+    save_checkpoint(root / "sft", sft, sft_shard, config)
+    save_checkpoint(root / "dpo", dpo, dpo_shard, config)
+    return root / "sft", root / "dpo", sft, dpo
+
+
+def load_all(directory: Path) -> dict[str, np.ndarray]:
+    """Every tensor of an output directory (index or single file), as raw bytes arrays."""
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
+             if index.exists() else ["model.safetensors"])
+    out = {}
+    for f in files:
+        # safetensors.numpy knows bf16 only as a dtype ml_dtypes provides; load raw via our reader
+        out.update(_read(directory / f))
+    return out
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    from expo_stream.format.dtypes import NUMPY_DTYPES
+    from expo_stream.format.safetensors import read_header
+
+    header = read_header(path)
+    data = path.read_bytes()
+    return {t.name: np.frombuffer(data[t.start:t.end], NUMPY_DTYPES[t.dtype]).reshape(t.shape)
+            for t in header.tensors}
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1).view(RAW.get(a.dtype.itemsize, np.uint8))
+
+
+def safetensors_loads(directory: Path) -> int:
+    """Load every shard with the safetensors library; returns the tensor count."""
+    count = 0
+    for f in Path(directory).glob("*.safetensors"):
+        count += len(safetensors.numpy.load_file(f))
+    return count
