@@ -246,3 +246,30 @@ def test_import_does_not_pull_torch():
     code = ("import expo_stream, expo_stream.cli, sys; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_works_without_the_native_extension():
+    """Where the C++ build failed, auto falls back to Numba (then NumPy) with the same bits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['expo_stream._native'] = None\n"
+        "import numpy as np, expo_stream\n"
+        "from expo_stream.kernels import resolve_backend\n"
+        "assert resolve_backend() == 'numba', resolve_backend()\n"
+        "d = np.array([1.0, 2.0], np.float32)\n"
+        "print(expo_stream.extrapolate(d, d * 0, 0.5).tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[1.5, 3.0]"
+
+
+def test_side_files_come_from_dpo(tmp_path):
+    sft_dir, dpo_dir, _, _ = tiny_pair(tmp_path)
+    (dpo_dir / "tokenizer.json").write_text('{"dpo": true}')
+    (sft_dir / "tokenizer.json").write_text('{"sft": true}')
+    (dpo_dir / "generation_config.json").write_text('{"do_sample": true}')
+    expo_stream.merge(sft_dir, dpo_dir, tmp_path / "out", alpha=0.3)
+    assert json.loads((tmp_path / "out" / "tokenizer.json").read_text()) == {"dpo": True}
+    assert (tmp_path / "out" / "generation_config.json").exists()
