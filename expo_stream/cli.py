@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .errors import ExpoStreamError
+from .execute.executor import DEFAULT_THREADS
 from .kernels import BACKENDS, describe_backend, resolve_backend
 
 
@@ -52,7 +53,8 @@ def main(verbose: bool) -> None:
 @click.option("--max-shard-size", default=None, help="Largest output shard, e.g. 5GB (default).")
 @click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto",
               show_default=True, help="Kernel backend.")
-@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=DEFAULT_THREADS, show_default=True,
+              help="Worker threads (default: cores + 1, so one can wait on the disk).")
 @click.option("--copy-unmatched", is_flag=True, help="Copy tensors found only in DPO unchanged.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit; reads headers only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")

@@ -11,6 +11,7 @@ writing overlap across the worker threads while resident memory stays at about
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,6 +30,7 @@ from ..plan.planner import Plan, ShardJob, TensorJob
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ELEMENTS = 4 * 2**20  # 8 MiB of BF16 per input per chunk
+DEFAULT_THREADS = (os.cpu_count() or 1) + 1  # one more than cores: one may wait on the disk
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def run_plan(
     outputs: list[dict[int, ShardFile]],
     *,
     backend: str,
-    threads: int = 2,
+    threads: int = DEFAULT_THREADS,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     shards: list[int] | None = None,
     progress: Callable[[int], None] | None = None,

@@ -18,7 +18,7 @@ from ..plan.options import (
 )
 from ..plan.planner import Plan, build_plan
 from ..version import __version__
-from .executor import DEFAULT_CHUNK_ELEMENTS, run_plan
+from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS, run_plan
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def merge(
     options: MergeOptions | None = None,
     plan: Plan | None = None,
     backend: str = "auto",
-    threads: int = 2,
+    threads: int = DEFAULT_THREADS,
     overwrite: bool = False,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     progress: Callable[[int], None] | None = None,
