@@ -96,6 +96,31 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
 
 
 @main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--sample", type=click.IntRange(0), default=8, show_default=True,
+              help="Tensors to recompute from the recipe's inputs (the largest, then random).")
+@click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto")
+@_errors
+def verify(out: Path, sample: int, backend: str) -> None:
+    """Check a merged output: headers and index, shard digests, recomputed tensors.
+
+    Exits 1 if anything differs.
+    """
+    from .execute.verify import verify as run_verify
+
+    failed = False
+    for report in run_verify(out, sample=sample, backend=backend):
+        status = "OK" if report.ok else "FAILED"
+        click.echo(f"{report.path}: {status} ({report.shards_checked} shard(s) checked, "
+                   f"{len(report.tensors_recomputed)} tensor(s) recomputed)")
+        for problem in report.problems:
+            click.echo(f"  {problem}")
+        failed |= not report.ok
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("expo-demo"),
               show_default=True, help="Where the demo pair and the merged model go.")
 @click.option("--alpha", default="0.3", show_default=True)

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..format.dtypes import NUMPY_DTYPES
+from ..format.manifest import digest
 from ..format.safetensors import MappedFile, TensorInfo
 from ..format.writer import ShardFile
 from ..kernels import convert, load_backend
@@ -31,6 +32,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ELEMENTS = 4 * 2**20  # 8 MiB of BF16 per input per chunk
 DEFAULT_THREADS = (os.cpu_count() or 1) + 1  # one more than cores: one may wait on the disk
+
+
+@dataclass(frozen=True)
+class Written:
+    """One chunk as written to one output file: byte range and XXH3-128 digest."""
+
+    offset: int
+    length: int
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,7 @@ def run_plan(
     threads: int = DEFAULT_THREADS,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     shards: list[int] | None = None,
-    progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[Chunk, list[Written]], None] | None = None,
 ) -> None:
     """Compute every chunk of ``plan`` into the open shard files.
 
@@ -96,12 +106,13 @@ def run_plan(
         threads: worker threads; the kernels release the GIL.
         chunk_elements: elements per chunk (memory bound, not a result: bits never depend on it).
         shards: only these shard indices (default: all).
-        progress: called with the number of output bytes (all schedules) each chunk finished.
+        on_chunk: called in the calling thread as each chunk is on disk, with what was written
+            to each output (``Written(offset, length, digest)``, one per schedule).
     """
     kernel = load_backend(backend)
     inputs = _Inputs()
 
-    def work(chunk: Chunk, ahead: Chunk | None) -> int:
+    def work(chunk: Chunk, ahead: Chunk | None) -> list[Written]:
         job = chunk.job
         if ahead is not None:
             for info in (ahead.job.dpo, ahead.job.sft):
@@ -112,11 +123,13 @@ def run_plan(
         dpo = dmap.view(d0, d1, NUMPY_DTYPES[job.dpo.dtype])
         out_dtype = NUMPY_DTYPES[job.dtype]
         base = len(chunk.shard.header) + job.offset + chunk.start * out_dtype.itemsize
-        written = 0
+        written = []
         if job.sft is None:
+            raw = dpo.view(np.uint8)
+            check = digest(raw)
             for files in outputs:
-                files[chunk.shard.index].pwrite(dpo, base)
-                written += dpo.nbytes
+                files[chunk.shard.index].pwrite(raw, base)
+                written.append(Written(base, raw.nbytes, check))
         else:
             smap, s0, s1 = inputs.range(job.sft, chunk.start, chunk.stop)
             sft = smap.view(s0, s1, NUMPY_DTYPES[job.sft.dtype])
@@ -126,8 +139,9 @@ def run_plan(
                     convert(dpo, buffer)
                 else:
                     kernel(dpo, sft, alpha, buffer)
-                files[chunk.shard.index].pwrite(buffer, base)
-                written += buffer.nbytes
+                raw = buffer.view(np.uint8)
+                files[chunk.shard.index].pwrite(raw, base)
+                written.append(Written(base, raw.nbytes, digest(raw)))
             del sft
             smap.release(s0, s1)
         del dpo
@@ -141,23 +155,25 @@ def run_plan(
             current = next(todo, None)
             while current is not None:
                 ahead = next(todo, None)
-                pending.append(pool.submit(work, current, ahead))
+                future = pool.submit(work, current, ahead)
+                future.chunk = current
+                pending.append(future)
                 current = ahead
                 if len(pending) >= 2 * threads:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    _collect(pending, done, progress)
+                    _collect(pending, done, on_chunk)
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                _collect(pending, done, progress)
+                _collect(pending, done, on_chunk)
     finally:
         for future in pending:
             future.cancel()
         inputs.close()
 
 
-def _collect(pending: deque, done: set, progress: Callable[[int], None] | None) -> None:
+def _collect(pending: deque, done: set, on_chunk) -> None:
     for future in list(done):
         pending.remove(future)
         written = future.result()  # re-raises a worker's error here
-        if progress is not None:
-            progress(written)
+        if on_chunk is not None:
+            on_chunk(future.chunk, written)

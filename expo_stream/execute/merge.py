@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ExpoStreamError, UsageError
+from ..errors import ExpoStreamError, OutputError, UsageError
 from ..format.checkpoint import INDEX_NAME, open_checkpoint
 from ..format.dtypes import TORCH_NAMES
+from ..format.manifest import ShardRecord, check_file, digest, read_manifest, write_manifest
 from ..format.writer import ShardFile, Staging
 from ..kernels import describe_backend, resolve_backend
 from ..plan.options import (
@@ -18,7 +21,7 @@ from ..plan.options import (
 )
 from ..plan.planner import Plan, build_plan
 from ..version import __version__
-from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS, run_plan
+from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS, Chunk, Written, run_plan
 
 log = logging.getLogger(__name__)
 
@@ -131,40 +134,134 @@ def merge(
     out = Path(out)
     backend = resolve_backend(backend)
     plan = plan or plan_merge(options)
-    staging = Staging(out, [options.sft if options.sft.is_dir() else options.sft.parent,
-                            options.dpo if options.dpo.is_dir() else options.dpo.parent], overwrite)
+    staging = Staging(out, [_root(options.sft), _root(options.dpo)], overwrite)
     several = len(plan.schedules) > 1
     subdirs = [sch.label if several else "." for sch in plan.schedules]
     log.info("merging %d tensors into %d shard(s) x %d schedule(s) with %s",
              len(plan.tensors), len(plan.shards), len(subdirs), describe_backend(backend))
-    files: list[dict[int, ShardFile]] = []
+    shards = _Shards(plan, staging, subdirs, progress)
     try:
-        for sub in subdirs:
-            (staging.path / sub).mkdir(parents=True, exist_ok=True)
-            files.append({
-                s.index: ShardFile(staging.path / sub / s.filename, s.header, s.file_bytes)
-                for s in plan.shards
-            })
-        run_plan(plan, files, backend=backend, threads=threads, chunk_elements=chunk_elements,
-                 progress=progress)
-        for shard_files in files:
-            for f in shard_files.values():
-                f.close()
-        files = []
+        shards.open()
+        run_plan(plan, shards.files, backend=backend, threads=threads,
+                 chunk_elements=chunk_elements, shards=shards.todo, on_chunk=shards.chunk_done)
         for i, sub in enumerate(subdirs):
             _write_side_files(staging, sub, plan, i, backend)
         staging.commit()
+    except (OutputError, OSError) as exc:
+        shards.close()
+        staging.abort()  # a write failed (disk full...): leave nothing behind
+        if isinstance(exc, OutputError):
+            raise
+        what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+        raise OutputError(f"{exc.filename or staging.path}: {what}") from None
     except BaseException:
-        for shard_files in files:
-            for f in shard_files.values():
+        shards.close()  # killed or interrupted: keep finished shards for a resumed run
+        raise
+    outputs = tuple((out / sub).resolve() if several else out.resolve() for sub in subdirs)
+    return MergeResult(out=out, outputs=outputs, plan=plan, backend=backend)
+
+
+def _root(path: Path) -> Path:
+    return path if path.is_dir() else path.parent
+
+
+class _Shards:
+    """The output shard files of one merge, and the manifest that proves which are complete.
+
+    On a resumed run (the staging directory survives from an interrupted one with the same plan
+    fingerprint) shards whose recorded digests still match are kept; the rest are rewritten.
+    """
+
+    def __init__(self, plan: Plan, staging: Staging, subdirs: list[str], progress):
+        self.plan, self.staging, self.subdirs, self.progress = plan, staging, subdirs, progress
+        self.fingerprint = plan_fingerprint(plan)
+        self.files: list[dict[int, ShardFile]] = [{} for _ in subdirs]
+        self.records: list[dict[str, dict]] = [{} for _ in subdirs]
+        self.pending: dict[int, list[ShardRecord]] = {}  # shard -> one record per subdir
+        self.todo: list[int] = []
+
+    def open(self) -> None:
+        kept = self._provably_complete()
+        for shard in self.plan.shards:
+            if shard.index in kept:
+                if self.progress:
+                    self.progress(shard.data_bytes * len(self.subdirs))
+                continue
+            self.todo.append(shard.index)
+            self.pending[shard.index] = []
+            for k, sub in enumerate(self.subdirs):
+                path = self.staging.path / sub / shard.filename
+                self.files[k][shard.index] = ShardFile(path, shard.header, shard.file_bytes)
+                record = ShardRecord(shard.file_bytes)
+                record.ranges.append((0, len(shard.header), digest(shard.header)))
+                self.pending[shard.index].append(record)
+        log.info("%d shard(s) kept from an interrupted run, %d to write",
+                 len(kept), len(self.todo))
+
+    def _provably_complete(self) -> set[int]:
+        manifests = []
+        for sub in self.subdirs:
+            (self.staging.path / sub).mkdir(parents=True, exist_ok=True)
+            manifests.append(read_manifest(self.staging.path / sub))
+        if any(m is None or m.get("fingerprint") != self.fingerprint for m in manifests):
+            if any(m is not None for m in manifests):
+                log.info("staging directory is from a different merge: starting over")
+                self.staging.reset()
+                for sub in self.subdirs:
+                    (self.staging.path / sub).mkdir(parents=True, exist_ok=True)
+            return set()
+        kept = set()
+        for shard in self.plan.shards:
+            ok = True
+            for k, sub in enumerate(self.subdirs):
+                record = manifests[k]["shards"].get(shard.filename)
+                if record is None or check_file(self.staging.path / sub / shard.filename, record):
+                    ok = False
+                    break
+            if ok:
+                kept.add(shard.index)
+                for k in range(len(self.subdirs)):
+                    self.records[k][shard.filename] = manifests[k]["shards"][shard.filename]
+        return kept
+
+    def chunk_done(self, chunk: Chunk, written: list[Written]) -> None:
+        index = chunk.shard.index
+        records = self.pending[index]
+        for record, w in zip(records, written):
+            record.ranges.append((w.offset, w.length, w.digest))
+        if self.progress:
+            self.progress(sum(w.length for w in written))
+        if sum(n for _, n, _ in records[0].ranges) < chunk.shard.file_bytes:
+            return
+        # Every byte of this shard is written: sync it and record it as complete.
+        for k, sub in enumerate(self.subdirs):
+            self.files[k].pop(index).close()
+            self.records[k][chunk.shard.filename] = records[k].to_json()
+            write_manifest(self.staging.path / sub, self.fingerprint, self.records[k])
+        del self.pending[index]
+
+    def close(self) -> None:
+        for files in self.files:
+            for f in files.values():
                 try:
                     f.close()
                 except ExpoStreamError:
                     pass
-        staging.abort()
-        raise
-    outputs = tuple((out / sub).resolve() if several else out.resolve() for sub in subdirs)
-    return MergeResult(out=out, outputs=outputs, plan=plan, backend=backend)
+            files.clear()
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """A digest of everything that decides the output bytes: inputs (size, mtime), layout, α."""
+    inputs = sorted({p for ck in (plan.sft, plan.dpo) for p in ck.files})
+    described = {
+        "version": __version__,
+        "inputs": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in inputs],
+        "shards": [[s.filename, s.header.hex()] for s in plan.shards],
+        "tensors": [[t.name, t.alphas, t.dtype, str(t.dpo.path), t.dpo.start,
+                     str(t.sft.path) if t.sft else None, t.sft.start if t.sft else None]
+                    for t in plan.tensors],
+    }
+    return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
 def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backend: str) -> None:

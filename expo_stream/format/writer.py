@@ -2,7 +2,8 @@
 
 Until :meth:`Staging.commit`, the output path holds nothing: shards are written into a hidden
 sibling directory ``.<name>.expo-partial``; the index, config and recipe go in last, everything
-is fsynced, and one ``rename`` publishes the result. A crash leaves only the hidden directory.
+is fsynced, and one ``rename`` publishes the result. A crash leaves only the hidden directory,
+which the same command, run again, resumes from (see format/manifest.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class ShardFile:
             if size:
                 os.posix_fallocate(self._fd, 0, size)
             self.pwrite(header, 0)
+        except OSError as exc:
+            os.close(self._fd)
+            what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+            raise OutputError(f"{path}: cannot reserve {size} bytes ({what})") from None
         except BaseException:
             os.close(self._fd)
             raise
@@ -108,12 +113,17 @@ class Staging:
             raise UsageError(f"{parent}: output's parent directory does not exist")
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{parent}: not writable")
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        # An existing staging directory is an interrupted run's: the caller decides whether its
+        # contents can be reused (manifest) or must go (reset).
         try:
-            self.path.mkdir()
+            self.path.mkdir(exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot create ({exc.strerror})") from None
+
+    def reset(self) -> None:
+        """Empty the staging directory."""
+        shutil.rmtree(self.path)
+        self.path.mkdir()
 
     def write_text(self, relative: str, text: str) -> None:
         self.write_bytes(relative, text.encode("utf-8"))
