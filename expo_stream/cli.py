@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import ExpoStreamError
+from .errors import ExpoStreamError, UsageError
 from .execute.executor import DEFAULT_THREADS
 from .kernels import BACKENDS, describe_backend, resolve_backend
 
@@ -39,9 +39,20 @@ def main(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-@main.command()
-@click.option("--sft", type=click.Path(path_type=Path), help="SFT checkpoint (dir or .safetensors).")
-@click.option("--dpo", type=click.Path(path_type=Path), help="Aligned (DPO/RLHF) checkpoint.")
+HUB_HELP = """
+\b
+Hub access uses huggingface_hub's standard environment:
+  HF_TOKEN          token for private repos and pushes (or a stored `hf auth login`)
+  HF_HOME           cache and config location (downloads go to its hub/ cache)
+  HF_ENDPOINT       another Hub endpoint (a mirror, a local test server)
+  HF_HUB_OFFLINE=1  use the local cache only, no network
+  HF_HUB_DISABLE_XET=1  upload through the LFS protocol instead of Xet
+"""
+
+
+@main.command(epilog=HUB_HELP)
+@click.option("--sft", help="SFT checkpoint: dir, .safetensors file, or Hub repo id org/name[@rev].")
+@click.option("--dpo", help="Aligned (DPO/RLHF) checkpoint: dir, file or Hub repo id.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--alpha", help="Uniform alpha; a comma list (0.3,0.5) writes OUT/alpha-X per value.")
 @click.option("--layer-alphas", help="alpha per contiguous layer group, e.g. 5,10,15.")
@@ -59,20 +70,25 @@ def main(verbose: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit; reads headers only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--push-to", metavar="ORG/NAME", help="Push the merged model to this Hub repo.")
+@click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @_errors
 def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, max_shard_size,
-          backend, threads, copy_unmatched, dry_run, overwrite, quiet) -> None:
+          backend, threads, copy_unmatched, dry_run, overwrite, quiet, push_to, private) -> None:
     """Extrapolate DPO away from SFT and write a new checkpoint.
 
     Reads both checkpoints tensor by tensor in bounded memory; output appears at OUT only when
-    complete.
+    complete. A re-run of an interrupted merge resumes it.
     """
     from .execute.merge import make_options, merge as run_merge, plan_merge
     from .report import describe_plan
 
-    options = make_options(sft, dpo, alpha=alpha, layer_alphas=layer_alphas,
-                           non_layer_alpha=non_layer_alpha, recipe=recipe, dtype=dtype,
-                           max_shard_size=max_shard_size, copy_unmatched=copy_unmatched)
+    sft, dpo = _inputs(sft, dpo, recipe)
+    options = make_options(sft.path if sft else None, dpo.path if dpo else None, alpha=alpha,
+                           layer_alphas=layer_alphas, non_layer_alpha=non_layer_alpha,
+                           recipe=recipe, dtype=dtype, max_shard_size=max_shard_size,
+                           copy_unmatched=copy_unmatched, sft_name=sft.name if sft else None,
+                           dpo_name=dpo.name if dpo else None)
     chosen = resolve_backend(backend)
     plan = plan_merge(options)
     if dry_run:
@@ -86,13 +102,68 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
                    unit_divisor=1024, desc="merge", file=sys.stderr, dynamic_ncols=True)
     try:
         result = run_merge(out=out, plan=plan, backend=chosen, threads=threads,
-                           overwrite=overwrite, progress=bar.update if bar is not None else None)
+                           overwrite=overwrite, progress=bar.update if bar is not None else None,
+                           command=_command_line())
     finally:
         if bar is not None:
             bar.close()
     click.echo(f"backend: {describe_backend(result.backend)}")
     for path in result.outputs:
         click.echo(f"wrote {path}")
+    if push_to:
+        from .hub import push as hub_push
+
+        if len(result.outputs) != 1:
+            raise UsageError("--push-to takes one model; push each alpha-* directory with `push`")
+        click.echo(hub_push(result.outputs[0], push_to, private=private))
+
+
+def _inputs(sft: str | None, dpo: str | None, recipe: Path | None):
+    """Resolve --sft/--dpo (or the recipe's) to local paths, downloading Hub repo ids."""
+    if recipe is not None and (sft is None or dpo is None):
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            data = {}  # make_options reports the recipe's problem with its own message
+        if isinstance(data, dict):
+            sft = sft or data.get("sft")
+            dpo = dpo or data.get("dpo")
+    if sft is None or dpo is None:
+        if recipe is None:
+            raise UsageError("both --sft and --dpo are required")
+        return None, None
+    from .hub import resolve
+
+    return resolve(sft), resolve(dpo)
+
+
+def _command_line() -> str:
+    import shlex
+
+    return shlex.join(["expo-stream", *sys.argv[1:]])
+
+
+@main.command(epilog=HUB_HELP)
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--repo", required=True, metavar="ORG/NAME", help="Hub repo to push to.")
+@click.option("--private", is_flag=True, help="Create the repo private (if it does not exist).")
+@click.option("--revision", metavar="BRANCH", help="Branch to push to (created if needed).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
+@click.option("--commit-message", help="Commit message.")
+@_errors
+def push(out: Path, repo: str, private: bool, revision: str | None, create_pr: bool,
+         commit_message: str | None) -> None:
+    """Push a merged model (after verifying it) to the Hugging Face Hub.
+
+    Creates the repo if needed, uploads the folder (large shards through the LFS protocol, or
+    Xet where hf_xet is installed) and prints the commit URL.
+    """
+    from .hub import push as hub_push
+
+    click.echo(hub_push(out, repo, private=private, revision=revision, create_pr=create_pr,
+                        commit_message=commit_message))
 
 
 @main.command()
@@ -133,7 +204,7 @@ def demo(directory: Path, alpha: str, backend: str) -> None:
 
     sft, dpo = make_pair(directory)
     result = run_merge(sft, dpo, directory / "merged", alpha=alpha, backend=backend,
-                       overwrite=True)
+                       overwrite=True, command=_command_line())
     plan = result.plan
     click.echo(f"sft: {sft} ({len(plan.sft.files)} file)  dpo: {dpo} ({len(plan.dpo.files)} files)")
     click.echo(f"merged {len(plan.tensors)} tensors, {plan.output_bytes} bytes, alpha={alpha}, "

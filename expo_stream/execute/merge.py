@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from ..card import model_card_text
 from ..errors import ExpoStreamError, OutputError, UsageError
 from ..format.checkpoint import INDEX_NAME, open_checkpoint
 from ..format.dtypes import TORCH_NAMES
@@ -52,8 +53,13 @@ def make_options(
     dtype: str | None = None,
     max_shard_size: str | int | None = None,
     copy_unmatched: bool = False,
+    sft_name: str | None = None,
+    dpo_name: str | None = None,
 ) -> MergeOptions:
-    """MergeOptions from flag-style values, or from a recipe file (flags then may not set α)."""
+    """MergeOptions from flag-style values, or from a recipe file (flags then may not set α).
+
+    ``sft_name``/``dpo_name`` say how the model card names the inputs (e.g. Hub repo ids).
+    """
     if recipe is not None:
         if alpha is not None or layer_alphas is not None or non_layer_alpha is not None:
             raise UsageError("give α either in the recipe or as flags, not both")
@@ -65,6 +71,7 @@ def make_options(
             overrides["max_shard_size"] = parse_size(max_shard_size)
         if copy_unmatched:
             overrides["copy_unmatched"] = True
+        overrides.update(sft_name=sft_name, dpo_name=dpo_name)
         return replace(opts, **overrides)
     if sft is None or dpo is None:
         raise UsageError("both --sft and --dpo are required")
@@ -75,6 +82,7 @@ def make_options(
         dtype=parse_dtype(dtype),
         max_shard_size=parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE),
         copy_unmatched=copy_unmatched,
+        sft_name=sft_name, dpo_name=dpo_name,
     )
 
 
@@ -95,6 +103,7 @@ def merge(
     overwrite: bool = False,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     progress: Callable[[int], None] | None = None,
+    command: str | None = None,
     **option_values,
 ) -> MergeResult:
     """Extrapolate ``dpo + alpha*(dpo - sft)`` and write the result to ``out``.
@@ -112,6 +121,7 @@ def merge(
         overwrite: replace an existing ``out``.
         chunk_elements: elements per chunk (bounds memory; never changes a bit).
         progress: called with output bytes as chunks finish.
+        command: the command line that asked for this merge, for the recipe and model card.
 
     Returns:
         A :class:`MergeResult`.
@@ -145,7 +155,7 @@ def merge(
         run_plan(plan, shards.files, backend=backend, threads=threads,
                  chunk_elements=chunk_elements, shards=shards.todo, on_chunk=shards.chunk_done)
         for i, sub in enumerate(subdirs):
-            _write_side_files(staging, sub, plan, i, backend)
+            _write_side_files(staging, sub, plan, i, backend, command)
         staging.commit()
     except (OutputError, OSError) as exc:
         shards.close()
@@ -264,7 +274,8 @@ def plan_fingerprint(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
-def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backend: str) -> None:
+def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backend: str,
+                      command: str | None) -> None:
     dpo_root = plan.dpo.root
     for name in SIDE_FILES:
         src = dpo_root / name
@@ -283,7 +294,13 @@ def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backen
             "metadata": {"total_size": plan.output_bytes},
             "weight_map": plan.weight_map(),
         })
-    staging.write_json(f"{sub}/{RECIPE_NAME}", resolved_recipe(plan, which, backend))
+    recipe = resolved_recipe(plan, which, backend)
+    recipe["command"] = command
+    staging.write_json(f"{sub}/{RECIPE_NAME}", recipe)
+    options = plan.options
+    staging.write_text(f"{sub}/README.md", model_card_text(
+        plan, which, options.sft_name or str(options.sft), options.dpo_name or str(options.dpo),
+        command))
 
 
 def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:

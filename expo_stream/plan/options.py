@@ -43,6 +43,9 @@ class MergeOptions:
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE
     copy_unmatched: bool = False
     recipe_text: str | None = field(default=None, compare=False)
+    # How the inputs are named in the model card: Hub repo ids where they came from the Hub.
+    sft_name: str | None = None
+    dpo_name: str | None = None
 
 
 def parse_alpha(text: str | float, what: str = "alpha") -> float:

@@ -1,0 +1,80 @@
+"""The model card (README.md) written into every merged output.
+
+YAML front matter through ``huggingface_hub.ModelCardData`` (``base_model`` as the two inputs,
+``base_model_relation: merge``, tags, ``library_name``); the body says what ExPO is, gives the α
+schedule as a table per layer group, the command that made the model and the tool version.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .plan.planner import Plan
+from .version import __version__
+
+EXPO_PARAGRAPH = (
+    "This model was made by **model extrapolation (ExPO)**: from a supervised fine-tuned "
+    "checkpoint θ_sft and an aligned (DPO/RLHF) checkpoint θ_dpo of the same architecture, "
+    "θ = θ_dpo + α(θ_dpo − θ_sft), which moves further along the alignment direction than the "
+    "training did and is often better aligned than θ_dpo itself (Zheng et al., 2024, "
+    "*Weak-to-Strong Extrapolation Expedites Alignment*, "
+    "[arXiv:2404.16792](https://arxiv.org/abs/2404.16792)). Every element was computed exactly "
+    "and rounded once (expo-stream's arithmetic contract)."
+)
+
+
+def schedule_rows(plan: Plan, which: int) -> list[tuple[str, str, str]]:
+    """(tensors, α, rule) rows: one per layer group of each stack, then the rest."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    others: dict[tuple, int] = defaultdict(int)
+    for t in plan.tensors:
+        if t.sft is None:
+            others[("copied from DPO", "—")] += 1
+            continue
+        alpha, why = t.alphas[which], t.why[which]
+        if t.layer is not None and not why.startswith("rule"):
+            groups[(t.layer.stack, f"{alpha:g}", why)].append(t.layer.index)
+        else:
+            others[(f"{alpha:g}", why)] += 1
+    rows = [(f"`{stack}` layers {min(ix)}–{max(ix)}", alpha, why)
+            for (stack, alpha, why), ix in sorted(groups.items(), key=lambda kv: (kv[0][0], min(kv[1])))]
+    rows += [(f"{n} other tensor(s)", alpha, why) for (alpha, why), n in sorted(others.items())]
+    return rows
+
+
+def model_card_text(plan: Plan, which: int, sft_name: str, dpo_name: str, command: str | None) -> str:
+    """The README.md text for output ``which`` of ``plan``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        base_model=[sft_name, dpo_name],
+        base_model_relation="merge",
+        tags=["merge", "expo", "model-extrapolation", "expo-stream"],
+        library_name="transformers",
+    )
+    schedule = plan.schedules[which]
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in schedule_rows(plan, which))
+    body = f"""
+# {schedule.label} extrapolation of {dpo_name}
+
+{EXPO_PARAGRAPH}
+
+- SFT (θ_sft): `{sft_name}`
+- Aligned (θ_dpo): `{dpo_name}`
+
+## α schedule
+
+| tensors | α | decided by |
+| --- | --- | --- |
+{table}
+
+## How it was made
+
+```
+{command or "expo_stream.merge(...)"}
+```
+
+expo-stream {__version__}; the α of every tensor is in `expo_recipe.json`, shard digests in
+`expo_manifest.json` (`expo-stream verify` checks them).
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content

@@ -1,0 +1,208 @@
+"""The Hub integration against the real huggingface_hub client and a local Hub server.
+
+CLI runs are subprocesses with their own environment (huggingface_hub reads HF_HOME and
+HF_HUB_OFFLINE when it is imported), pointed at tests/hub_server.py with HF_ENDPOINT and
+HF_HUB_DISABLE_XET=1. An opt-in test pushes to the real Hub when EXPO_HUB_TOKEN is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("huggingface_hub")
+
+from huggingface_hub import HfApi, ModelCard, snapshot_download  # noqa: E402
+
+from .helpers import tiny_pair  # noqa: E402
+from .hub_server import TOKEN, LocalHub  # noqa: E402
+
+
+@pytest.fixture
+def hub(tmp_path):
+    with LocalHub(tmp_path / "hub-data") as server:
+        yield server
+
+
+def env_for(hub, tmp_path, token=True, offline=False) -> dict:
+    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"),
+               HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1")
+    env.pop("HF_TOKEN", None)
+    if token:
+        env["HF_TOKEN"] = TOKEN
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def cli(env, *args, check=True):
+    result = subprocess.run([sys.executable, "-m", "expo_stream.cli", *map(str, args)], env=env,
+                            capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def files_of(directory) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_merge_push_download_round_trip(hub, tmp_path):
+    sft, dpo, _, _ = tiny_pair(tmp_path, dpo_shard=300)
+    env = env_for(hub, tmp_path)
+    out = tmp_path / "out"
+    r = cli(env, "merge", "--sft", sft, "--dpo", dpo, "--out", out, "--alpha", "0.3",
+            "--max-shard-size", "2KB", "--quiet", "--push-to", "me/expo-tiny", "--private")
+    assert f"{hub.endpoint}/me/expo-tiny/commit/" in r.stdout
+    assert any("/lfs/objects/batch" in line for line in hub.state.log)
+    local = snapshot_download("me/expo-tiny", endpoint=hub.endpoint, token=TOKEN,
+                              cache_dir=tmp_path / "dl")
+    from pathlib import Path
+
+    assert files_of(Path(local)) == files_of(out)
+    card = ModelCard.load(Path(local) / "README.md")
+    assert card.data.base_model == [str(sft), str(dpo)]
+    assert card.data.base_model_relation == "merge"
+    assert "expo" in card.data.tags and card.data.library_name == "transformers"
+    assert "| `model.layers` layers 0–3 | 0.3 | uniform |" in card.text
+    assert "expo-stream merge --sft" in card.text
+
+
+def test_multipart_lfs_upload(hub, tmp_path, monkeypatch):
+    """A shard over the server's multipart threshold goes up in parts and comes back whole."""
+    import ml_dtypes
+    import numpy as np
+
+    from expo_stream.format.writer import save_checkpoint
+    from tests import hub_server
+
+    rng = np.random.default_rng(0)
+    big = {"model.embed_tokens.weight": rng.standard_normal((800, 1000)).astype(ml_dtypes.bfloat16)}
+    save_checkpoint(tmp_path / "sft", big)
+    save_checkpoint(tmp_path / "dpo", big)
+    env = env_for(hub, tmp_path)
+    cli(env, "merge", "--sft", tmp_path / "sft", "--dpo", tmp_path / "dpo", "--out",
+        tmp_path / "out", "--alpha", "0.5", "--quiet")
+    r = cli(env, "push", tmp_path / "out", "--repo", "me/big", "--commit-message", "big one")
+    assert "/me/big/commit/" in r.stdout
+    parts = [line for line in hub.state.log if "/part/" in line]
+    assert len(parts) == -(-(1600000 + 200) // hub_server.PART_SIZE)
+    local = snapshot_download("me/big", endpoint=hub.endpoint, token=TOKEN, cache_dir=tmp_path / "dl")
+    from pathlib import Path
+
+    assert files_of(Path(local)) == files_of(tmp_path / "out")
+
+
+def test_inputs_by_repo_id_and_offline_cache(hub, tmp_path):
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    for name, folder in (("org/sft", sft), ("org/dpo", dpo)):
+        api.create_repo(name, private=True)
+        api.upload_folder(repo_id=name, folder_path=folder)
+    env = env_for(hub, tmp_path)
+    cli(env, "merge", "--sft", "org/sft", "--dpo", "org/dpo@main", "--out", tmp_path / "hub-out",
+        "--alpha", "0.3", "--quiet")
+    cli(env, "merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "local-out", "--alpha", "0.3",
+        "--quiet")
+    from .helpers import load_all
+
+    hub_tensors = {k: v.tobytes() for k, v in load_all(tmp_path / "hub-out").items()}
+    assert hub_tensors == {k: v.tobytes() for k, v in load_all(tmp_path / "local-out").items()}
+    card = ModelCard.load(tmp_path / "hub-out" / "README.md")
+    assert card.data.base_model == ["org/sft", "org/dpo@main"]
+    # Offline: the cache alone serves the same repo ids.
+    offline = env_for(hub, tmp_path, offline=True)
+    offline["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens: any request would fail
+    cli(offline, "merge", "--sft", "org/sft", "--dpo", "org/dpo", "--out", tmp_path / "off",
+        "--alpha", "0.3", "--quiet")
+    # A local directory wins over a repo id of the same spelling.
+    (tmp_path / "org").mkdir()
+    os.symlink(sft, tmp_path / "org" / "dpo")
+    r = subprocess.run([sys.executable, "-m", "expo_stream.cli", "merge", "--sft", "org/sft",
+                        "--dpo", "org/dpo", "--out", "x", "--alpha", "1", "--dry-run"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "dpo: org/dpo" in r.stdout
+
+
+def test_private_repo_needs_a_token(hub, tmp_path):
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    env = env_for(hub, tmp_path)
+    cli(env, "merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out", "--alpha", "1",
+        "--quiet", "--push-to", "me/secret", "--private")
+    anonymous = env_for(hub, tmp_path, token=False)
+    r = cli(anonymous, "merge", "--sft", "me/secret", "--dpo", dpo, "--out", tmp_path / "o2",
+            "--alpha", "1", check=False)
+    assert r.returncode == 1 and "me/secret" in r.stderr and "Traceback" not in r.stderr
+    r = cli(anonymous, "push", tmp_path / "out", "--repo", "me/other", check=False)
+    assert r.returncode == 1 and "HF_TOKEN" in r.stderr
+
+
+def test_stale_parent_commit_is_a_clear_error(hub, tmp_path, monkeypatch):
+    from expo_stream import hub as expo_hub
+    from expo_stream.hub import HubError
+
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    import expo_stream
+
+    expo_stream.merge(sft, dpo, tmp_path / "out", alpha=0.3)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    expo_hub.push(tmp_path / "out", "me/m", token=TOKEN)
+    first = HfApi(endpoint=hub.endpoint, token=TOKEN).repo_info("me/m").sha
+    # Someone else commits after our push read the head: our commit's parent is now stale.
+    real = HfApi.repo_info
+
+    def stale(self, *args, **kwargs):
+        info = real(self, *args, **kwargs)
+        HfApi(endpoint=hub.endpoint, token=TOKEN).upload_file(
+            path_or_fileobj=b"other", path_in_repo="other.txt", repo_id="me/m")
+        return info
+
+    monkeypatch.setattr(HfApi, "repo_info", stale)
+    with pytest.raises(HubError, match="run the push again"):
+        expo_hub.push(tmp_path / "out", "me/m", token=TOKEN, commit_message="again")
+    assert first != real(HfApi(endpoint=hub.endpoint, token=TOKEN), "me/m").sha
+
+
+def test_push_refuses_what_verify_rejects(hub, tmp_path):
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    env = env_for(hub, tmp_path)
+    cli(env, "merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out", "--alpha", "1", "--quiet")
+    shard = tmp_path / "out" / "model.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 1
+    shard.write_bytes(bytes(raw))
+    r = cli(env, "push", tmp_path / "out", "--repo", "me/bad", check=False)
+    assert r.returncode == 2 and "verify failed" in r.stderr
+    assert not any("commit" in line for line in hub.state.log)
+
+
+def test_branch_and_pull_request(hub, tmp_path):
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    env = env_for(hub, tmp_path)
+    cli(env, "merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out", "--alpha", "1", "--quiet")
+    r = cli(env, "push", tmp_path / "out", "--repo", "me/b", "--revision", "expo")
+    assert "/me/b/commit/" in r.stdout
+    r = cli(env, "push", tmp_path / "out", "--repo", "me/b", "--create-pr")
+    assert "/me/b/discussions/1" in r.stdout
+
+
+@pytest.mark.skipif(not os.environ.get("EXPO_HUB_TOKEN"), reason="set EXPO_HUB_TOKEN (and "
+                    "EXPO_HUB_REPO=user/name) to push to the real Hub")
+def test_real_hub_round_trip(tmp_path):
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    repo = os.environ.get("EXPO_HUB_REPO", "expo-stream-test/tiny")
+    env = dict(os.environ, HF_TOKEN=os.environ["EXPO_HUB_TOKEN"])
+    env.pop("HF_ENDPOINT", None)
+    cli(env, "merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out", "--alpha", "0.3",
+        "--quiet", "--push-to", repo, "--private")
+    local = snapshot_download(repo, token=os.environ["EXPO_HUB_TOKEN"], cache_dir=tmp_path / "dl")
+    from pathlib import Path
+
+    assert files_of(Path(local)) == files_of(tmp_path / "out")
+    json.loads((Path(local) / "expo_recipe.json").read_text())
