@@ -21,12 +21,25 @@ def rss_anon_bytes(pid: int) -> int:
     return 0
 
 
-def run_sampled(cmd: list[str], interval: float = 0.005, **popen) -> tuple[int, int, float]:
-    """(exit code, peak RssAnon in bytes, wall seconds) of ``cmd``."""
+TIMED_OUT = -1000
+
+
+def run_sampled(cmd: list[str], interval: float = 0.005, timeout: float | None = None,
+                **popen) -> tuple[int, int, float]:
+    """(exit code, peak RssAnon in bytes, wall seconds) of ``cmd``.
+
+    Past ``timeout`` seconds the command is killed and the exit code is TIMED_OUT: a process
+    squeezed into too small a memory cgroup can thrash on page cache for a very long time
+    instead of being killed, and that counts as not completing.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, **popen)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, rss_anon_bytes(proc.pid))
+        if timeout is not None and time.perf_counter() - start > timeout:
+            proc.kill()
+            proc.wait()
+            return TIMED_OUT, peak, time.perf_counter() - start
         time.sleep(interval)
     return proc.returncode, peak, time.perf_counter() - start

@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from checkpoints import make_pair, parameter_count  # noqa: E402
-from rss import run_sampled  # noqa: E402
+from rss import TIMED_OUT, run_sampled  # noqa: E402
 
 LADDER_MIB = [128, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 20480]
 CGROUP = Path("/sys/fs/cgroup/memory/expo-bench")
@@ -51,25 +51,31 @@ def in_cgroup(cmd: list[str], limit_mib: int | None) -> list[str]:
     return ["sh", "-c", f"echo $$ > {CGROUP}/cgroup.procs && exec {quoted}"]
 
 
-def timed(cmd: list[str], out: Path | None, limit_mib: int | None = None) -> dict:
+def timed(cmd: list[str], out: Path | None, limit_mib: int | None = None,
+          timeout: float | None = None) -> dict:
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)
     drop_caches()
-    rc, peak, wall = run_sampled(in_cgroup(cmd, limit_mib), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)
+    rc, peak, wall = run_sampled(in_cgroup(cmd, limit_mib), timeout=timeout,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = {"exit_code": rc, "wall_s": round(wall, 2), "peak_rss_anon_mib": round(peak / 2**20, 1)}
+    if rc == TIMED_OUT:
+        result["timed_out"] = True
     if out is not None:
         result["output_bytes"] = dir_bytes(out) if out.exists() else 0
         shutil.rmtree(out, ignore_errors=True)
     return result
 
 
-def smallest_limit(cmd: list[str], out: Path, peak_mib: float, tries: int) -> dict:
-    """Step over LADDER_MIB from the measured peak: the smallest passing and largest failing."""
+def smallest_limit(cmd: list[str], out: Path, peak_mib: float, tries: int, wall_s: float) -> dict:
+    """Step over LADDER_MIB from the measured peak: the smallest passing and largest failing.
+
+    A run slower than 3x the unlimited one (or 60 s) counts as failing: it is thrashing.
+    """
     i = next((k for k, v in enumerate(LADDER_MIB) if v >= peak_mib * 1.1), len(LADDER_MIB) - 1)
     passed, failed = None, None
     for _ in range(tries):
-        ok = timed(cmd, out, LADDER_MIB[i])["exit_code"] == 0
+        ok = timed(cmd, out, LADDER_MIB[i], timeout=max(60.0, 3 * wall_s))["exit_code"] == 0
         if ok:
             passed = LADDER_MIB[i]
             if i == 0 or (failed is not None and LADDER_MIB[i - 1] == failed):
@@ -157,7 +163,8 @@ def main() -> None:
             result = timed(cmd, out, (ram - 2 * 2**30) // 2**20)
             result["ratio_to_floor"] = round(result["wall_s"] / record["floor"]["wall_s"], 2)
             if result["exit_code"] == 0 and args.limit_tries:
-                result.update(smallest_limit(cmd, out, result["peak_rss_anon_mib"], args.limit_tries))
+                result.update(smallest_limit(cmd, out, result["peak_rss_anon_mib"], args.limit_tries,
+                                             result["wall_s"]))
             record[tool] = result
             print(model, tool, json.dumps(result), flush=True)
         record["command"] = " ".join(sys.argv)

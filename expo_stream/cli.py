@@ -51,7 +51,8 @@ Hub access uses huggingface_hub's standard environment:
 
 
 @main.command(epilog=HUB_HELP)
-@click.option("--sft", help="SFT checkpoint: dir, .safetensors file, or Hub repo id org/name[@rev].")
+@click.option("--sft", help="SFT checkpoint: dir, .safetensors file, or Hub repo id org/name[@rev]. "
+              "A PyTorch .bin checkpoint is converted first (this imports torch; weights_only).")
 @click.option("--dpo", help="Aligned (DPO/RLHF) checkpoint: dir, file or Hub repo id.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--alpha", help="Uniform alpha; a comma list (0.3,0.5) writes OUT/alpha-X per value.")
@@ -134,9 +135,16 @@ def _inputs(sft: str | None, dpo: str | None, recipe: Path | None):
         if recipe is None:
             raise UsageError("both --sft and --dpo are required")
         return None, None
+    from dataclasses import replace
+
+    from .convert import ensure_safetensors
     from .hub import resolve
 
-    return resolve(sft), resolve(dpo)
+    sources = []
+    for spec in (sft, dpo):
+        source = resolve(spec)
+        sources.append(replace(source, path=ensure_safetensors(source.path)))
+    return tuple(sources)
 
 
 def _command_line() -> str:

@@ -16,9 +16,10 @@ from .errors import ExpoStreamError, UsageError
 
 REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 # What a merge needs from a model repo; nothing else is downloaded.
-MERGE_FILES = ["*.safetensors", "model.safetensors.index.json", "config.json",
-               "generation_config.json", "tokenizer*", "special_tokens_map.json",
-               "added_tokens.json", "vocab.json", "merges.txt", "*.model", "chat_template.*"]
+SIDE_FILES = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
+              "added_tokens.json", "vocab.json", "merges.txt", "*.model", "chat_template.*"]
+MERGE_FILES = ["*.safetensors", "model.safetensors.index.json", *SIDE_FILES]
+BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json", *SIDE_FILES]
 
 
 class HubError(ExpoStreamError):
@@ -53,14 +54,29 @@ def resolve(spec: str | Path) -> Source:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
+        patterns = MERGE_FILES if _has_safetensors(m.group("repo"), m.group("revision")) else BIN_FILES
         local = snapshot_download(m.group("repo"), revision=m.group("revision"),
-                                  allow_patterns=MERGE_FILES, endpoint=endpoint())
+                                  allow_patterns=patterns, endpoint=endpoint())
     except LocalEntryNotFoundError as exc:
         raise HubError(f"{spec}: not in the local cache and the Hub cannot be reached "
                        f"({str(exc).splitlines()[0]})") from None
     except HfHubHTTPError as exc:
         raise HubError(f"{spec}: {str(exc).splitlines()[0]}") from None
     return Source(Path(local), str(spec), m.group("repo"))
+
+
+def _has_safetensors(repo_id: str, revision: str | None) -> bool:
+    """Whether the repo has safetensors weights (True when offline: the cache decides)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    try:
+        files = HfApi(endpoint=endpoint()).list_repo_files(repo_id, revision=revision)
+    except (HfHubHTTPError, OSError):
+        return True  # let snapshot_download report the problem (or serve the cache)
+    return any(f.endswith(".safetensors") for f in files) or not any(f.endswith(".bin") for f in files)
 
 
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,

@@ -58,3 +58,30 @@ def test_transformers_saves_merges_and_loads(tmp_path):
     with torch.no_grad():
         logits = merged(ids).logits
     assert logits.shape == (1, 4, 96) and torch.isfinite(logits).all()
+
+
+def test_pytorch_bin_checkpoints_are_read_safely(tmp_path, monkeypatch):
+    """A .bin SFT (torch.save of a state dict) merges like its safetensors twin."""
+    from .helpers import load_all, tiny_pair
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    sft, dpo, sft_arrays, _ = tiny_pair(tmp_path)
+    bin_dir = tmp_path / "sft-bin"
+    bin_dir.mkdir()
+    state = {k: torch.from_numpy(v.view(np.int16).copy()).view(torch.bfloat16)
+             for k, v in sft_arrays.items()}
+    torch.save(state, bin_dir / "pytorch_model.bin")
+    for args, out in (([str(bin_dir)], "from-bin"), ([str(sft)], "from-st")):
+        r = CliRunner().invoke(main, ["merge", "--sft", *args, "--dpo", str(dpo), "--out",
+                                      str(tmp_path / out), "--alpha", "0.3", "--quiet"])
+        assert r.exit_code == 0, r.output
+    a = {k: v.tobytes() for k, v in load_all(tmp_path / "from-bin").items()}
+    assert a == {k: v.tobytes() for k, v in load_all(tmp_path / "from-st").items()}
+    # A pickle that is not plain tensors is refused, not executed.
+    (bin_dir / "pytorch_model.bin").write_bytes(b"\x80\x04cos\nsystem\n(S'true'\ntR.")
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    r = CliRunner().invoke(main, ["merge", "--sft", str(bin_dir), "--dpo", str(dpo), "--out",
+                                  str(tmp_path / "evil"), "--alpha", "0.3"])
+    assert r.exit_code == 1 and "weights_only" in r.output

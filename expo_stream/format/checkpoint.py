@@ -66,6 +66,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         raise FormatError(
             f"{path}: {len(found)} .safetensors files but no {INDEX_NAME} to say how they combine"
         )
+    if any(path.glob("pytorch_model*.bin")):
+        raise FormatError(f"{path}: PyTorch .bin checkpoint; `expo-stream merge` converts it "
+                          "(needs torch), or use expo_stream.convert.ensure_safetensors")
     raise FormatError(f"{path}: no model.safetensors, {INDEX_NAME} or .safetensors file found")
 
 

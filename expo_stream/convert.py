@@ -1,0 +1,96 @@
+"""PyTorch ``.bin`` checkpoints, read safely and turned into safetensors for the merge.
+
+This is the one place on the merge path that imports torch, and only when an input holds
+``pytorch_model*.bin`` and no safetensors. Files are opened with ``torch.load(weights_only=True,
+mmap=True)``: no pickled code runs, and tensors stay on disk until written out one by one.
+The converted copy goes to a cache directory keyed by the source files' paths, sizes and mtimes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from .errors import FormatError, UsageError
+from .format.checkpoint import INDEX_NAME
+from .format.writer import write_safetensors
+
+BIN_INDEX = "pytorch_model.bin.index.json"
+SIDE = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+        "merges.txt", "chat_template.jinja")
+
+
+def bin_files(directory: Path) -> list[Path]:
+    """The .bin weight files of a directory that has no safetensors, else []."""
+    directory = Path(directory)
+    if not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return []
+    index = directory / BIN_INDEX
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / n for n in names]
+    single = directory / "pytorch_model.bin"
+    return [single] if single.is_file() else []
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "expo-stream" / "converted"
+
+
+def ensure_safetensors(directory: Path, cache: Path | None = None) -> Path:
+    """``directory`` itself, or a converted safetensors copy when it holds only .bin weights."""
+    files = bin_files(directory)
+    if not files:
+        return Path(directory)
+    try:
+        import torch
+    except ImportError:
+        raise UsageError(f"{directory}: PyTorch .bin checkpoint; reading it needs torch "
+                         "(pip install torch), or convert it to safetensors first") from None
+    key = hashlib.sha256(json.dumps(
+        [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]).encode()
+    ).hexdigest()[:16]
+    target = (cache or cache_root()) / key
+    if (target / ".complete").is_file():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    weight_map = {}
+    for i, src in enumerate(files):
+        try:
+            state = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # torch raises many types for a bad or unsafe pickle
+            raise FormatError(f"{src}: cannot load safely with weights_only=True "
+                              f"({str(exc).splitlines()[0]})") from None
+        name = f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
+        write_safetensors(partial / name, {k: _to_numpy(src, k, v) for k, v in state.items()})
+        weight_map.update({k: name for k in state})
+        del state
+    (partial / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=1))
+    for side in SIDE:
+        if (Path(directory) / side).is_file():
+            shutil.copy2(Path(directory) / side, partial / side)
+    (partial / ".complete").write_text(str(Path(directory).resolve()))
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(partial, target)
+    return target
+
+
+def _to_numpy(src: Path, name: str, tensor) -> np.ndarray:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise FormatError(f"{src}: entry `{name}` is a {type(tensor).__name__}, not a tensor")
+    tensor = tensor.detach().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
