@@ -160,7 +160,8 @@ def main() -> None:
                 continue
             # The first run is capped a little below the machine's RAM, so a tool that does not
             # fit (the naive way on large models) is killed alone, not the machine.
-            result = timed(cmd, out, (ram - 2 * 2**30) // 2**20)
+            result = timed(cmd, out, (ram - 2 * 2**30) // 2**20,
+                           timeout=max(300.0, 15 * record["floor"]["wall_s"]))
             result["ratio_to_floor"] = round(result["wall_s"] / record["floor"]["wall_s"], 2)
             if result["exit_code"] == 0 and args.limit_tries:
                 result.update(smallest_limit(cmd, out, result["peak_rss_anon_mib"], args.limit_tries,
