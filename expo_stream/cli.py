@@ -199,6 +199,41 @@ def verify(out: Path, sample: int, backend: str) -> None:
         sys.exit(1)
 
 
+@main.command("check-outputs")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--strip-echo", type=click.Path(path_type=Path),
+              help="Write a repaired copy with echoed instructions removed.")
+@_errors
+def check_outputs(file: Path, as_json: bool, strip_echo: Path | None) -> None:
+    """Diagnose an AlpacaEval-style output file: echoes, instruction-only, empty, repetition."""
+    import json
+
+    from .generation.diagnostics import diagnose, load_outputs, strip_echo as strip
+
+    rows = load_outputs(file)
+    report = diagnose(rows)
+    if strip_echo is not None:
+        fixed = strip(rows)
+        strip_echo.write_text(json.dumps(fixed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        after = diagnose(fixed)
+        report["stripped"] = {"path": str(strip_echo), "echo": after["echo"], "empty": after["empty"]}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    lengths = report["length_words"]
+    click.echo(f"{file}: {report['total']} outputs")
+    click.echo(f"  echo (begins with the instruction): {report['echo']}")
+    click.echo(f"  instruction only: {report['instruction_only']} "
+               f"({report['instruction_only_verbatim']} verbatim)")
+    click.echo(f"  empty: {report['empty']}   repetitive: {report['repetitive']}")
+    click.echo(f"  length in words: mean {lengths['mean']:.1f}, median {lengths['median']}, "
+               f"min {lengths['min']}, max {lengths['max']}")
+    if strip_echo is not None:
+        click.echo(f"  wrote {strip_echo}: {report['stripped']['echo']} echoes left, "
+                   f"{report['stripped']['empty']} empty")
+
+
 @main.command()
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("expo-demo"),
               show_default=True, help="Where the demo pair and the merged model go.")
