@@ -199,6 +199,45 @@ def verify(out: Path, sample: int, backend: str) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--model", required=True, help="Model directory (or Hub id) with a tokenizer.")
+@click.option("--prompts", required=True, type=click.Path(path_type=Path),
+              help="AlpacaEval JSON/JSONL (instruction, input, dataset) or a text file, one per line.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output JSON file.")
+@click.option("--greedy", is_flag=True, help="Greedy decoding (tests); default: the ExPO paper's sampling.")
+@click.option("--temperature", type=float, help="Default 0.7.")
+@click.option("--top-k", type=int, help="Default 50.")
+@click.option("--top-p", type=float, help="Default 0.9.")
+@click.option("--max-new-tokens", type=int, help="Default 2048.")
+@click.option("--seed", type=int, help="Default 42.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--template", type=click.Choice(["chat", "plain"]), default="chat", show_default=True,
+              help="plain: feed the prompt text without a chat template (on purpose only).")
+@click.option("--generator", help="Name recorded in each record (default: the model's directory name).")
+@click.option("--device", help="cuda, cuda:1, cpu... (default: CUDA if present).")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]),
+              help="Default: bf16 on CUDA, fp32 on CPU.")
+@click.option("--gguf-file", help="Load this GGUF file from the model directory (needs gguf).")
+@_errors
+def generate(model, prompts, out, greedy, temperature, top_k, top_p, max_new_tokens, seed,
+             batch_size, template, generator, device, dtype, gguf_file) -> None:
+    """Answer prompts with a model's chat template; decode only the new tokens. Resumable."""
+    from dataclasses import replace
+
+    from .generation.generate import GREEDY, PAPER, generate_outputs, load_model, load_prompts, pick_device
+
+    sampling = GREEDY if greedy else PAPER
+    overrides = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                       max_new_tokens=max_new_tokens, seed=seed).items() if v is not None}
+    sampling = replace(sampling, **overrides)
+    rows = load_prompts(prompts)
+    lm, tokenizer = load_model(model, pick_device(device), dtype, gguf_file)
+    records = generate_outputs(lm, tokenizer, rows, sampling=sampling, template=template,
+                               batch_size=batch_size, out=out,
+                               generator=generator or Path(str(model)).name)
+    click.echo(f"wrote {len(records)} outputs to {out}")
+
+
 @main.command("check-outputs")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
