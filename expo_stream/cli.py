@@ -238,6 +238,85 @@ def generate(model, prompts, out, greedy, temperature, top_k, top_p, max_new_tok
     click.echo(f"wrote {len(records)} outputs to {out}")
 
 
+def _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size):
+    from .generation.generate import pick_device
+    from .generation.score import ImplicitRewardScorer, RewardModelScorer
+
+    device = pick_device(device)
+    if bool(reward_model) == bool(implicit_reward):
+        raise UsageError("give either --reward-model PATH or --implicit-reward (with --sft/--dpo)")
+    if implicit_reward:
+        if not (sft and dpo):
+            raise UsageError("--implicit-reward needs --sft and --dpo")
+        return lambda: ImplicitRewardScorer(sft, dpo, beta=beta, device=device, batch_size=batch_size)
+    return lambda: RewardModelScorer(reward_model, device=device, batch_size=batch_size)
+
+
+@main.command()
+@click.option("--outputs", required=True, type=click.Path(path_type=Path), help="AlpacaEval JSON/JSONL.")
+@click.option("--reward-model", help="Sequence-classification reward model (raw logit).")
+@click.option("--implicit-reward", is_flag=True, help="Score by beta*(log p_dpo - log p_sft).")
+@click.option("--sft", help="SFT model (for --implicit-reward).")
+@click.option("--dpo", help="DPO model (for --implicit-reward).")
+@click.option("--beta", type=float, default=0.1, show_default=True)
+@click.option("--baseline", type=click.Path(path_type=Path), help="Outputs to compute a win rate against.")
+@click.option("--out", type=click.Path(path_type=Path), help="Scores JSON (default: OUTPUTS.scores.json).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--device")
+@_errors
+def score(outputs, reward_model, implicit_reward, sft, dpo, beta, baseline, out, batch_size, device):
+    """Score outputs with a reward model or DPO's implicit reward; summary with win rate."""
+    from .generation.score import score_file, write_json
+
+    scorer = _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size)()
+    result = score_file(outputs, scorer, baseline)
+    out = out or outputs.with_name(outputs.name + ".scores.json")
+    write_json(out, result)
+    s = result["summary"]
+    line = f"{s['count']} scored: mean {s['mean']:.4f}, avg length {s['avg_length_words']:.1f} words"
+    if "win_rate" in s and s["win_rate"] is not None:
+        line += f", win rate {s['win_rate']:.3f} vs baseline ({s['compared']} compared)"
+    click.echo(line)
+    click.echo(f"wrote {out}")
+
+
+@main.command("select-alpha")
+@click.option("--sft", required=True, help="SFT checkpoint (local or Hub id).")
+@click.option("--dpo", required=True, help="DPO checkpoint (local or Hub id).")
+@click.option("--alphas", required=True, help="Comma list, e.g. 0,0.1,0.3,0.5,1 (0 is always added).")
+@click.option("--prompts", required=True, type=click.Path(path_type=Path), help="Dev prompts.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report directory.")
+@click.option("--reward-model", help="Sequence-classification reward model.")
+@click.option("--implicit-reward", is_flag=True, help="Score by DPO's implicit reward (sft vs dpo).")
+@click.option("--beta", type=float, default=0.1, show_default=True)
+@click.option("--greedy", is_flag=True)
+@click.option("--max-new-tokens", type=int)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--keep", type=click.Choice(["best", "all"]), default="best", show_default=True)
+@click.option("--device")
+@click.option("--overwrite", is_flag=True)
+@_errors
+def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, beta, greedy,
+                 max_new_tokens, batch_size, keep, device, overwrite):
+    """Build every α candidate in one pass, generate, score; report reward and length per α."""
+    from dataclasses import replace
+
+    from .generation.generate import GREEDY, PAPER, load_prompts, pick_device
+    from .generation.select import select_alpha as run
+    from .plan.options import parse_alpha_list
+
+    sft_src, dpo_src = _inputs(sft, dpo, None)
+    sampling = GREEDY if greedy else PAPER
+    if max_new_tokens:
+        sampling = replace(sampling, max_new_tokens=max_new_tokens)
+    factory = _scorer(reward_model, implicit_reward, sft_src.path, dpo_src.path, beta, device, batch_size)
+    report = run(sft_src.path, dpo_src.path, list(parse_alpha_list(alphas, "alphas")),
+                 load_prompts(prompts), out, scorer_factory=factory, sampling=sampling,
+                 device=pick_device(device), batch_size=batch_size, keep=keep, overwrite=overwrite)
+    click.echo((Path(out) / "report.md").read_text())
+    click.echo(f"best alpha: {report['best_alpha']:g}")
+
+
 @main.command("check-outputs")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

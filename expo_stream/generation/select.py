@@ -1,0 +1,103 @@
+"""Choosing α: build every candidate in one pass, generate, score, report.
+
+The candidates come from the engine's several-α merge (``expo_stream.merge`` with a list of α:
+the inputs are read once). α = 0 is θ_dpo itself and is the baseline for win rates. Length is
+reported beside reward because extrapolation lengthens answers, and reward models reward length.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .. import merge
+from ..errors import UsageError
+from .diagnostics import diagnose
+from .generate import Sampling, generate_outputs, load_model
+from .score import summarize
+
+
+def select_alpha(sft: Path, dpo: Path, alphas: list[float], prompts: list[dict], out: Path, *,
+                 scorer_factory, sampling: Sampling, device: str = "cpu", batch_size: int = 8,
+                 keep: str = "best", overwrite: bool = False) -> dict:
+    """Run the whole selection; returns the report (also written as JSON and Markdown, + PNG).
+
+    Args:
+        scorer_factory: ``() -> scorer`` with ``score(records) -> list[float]``; created once,
+            after the candidates exist.
+        keep: ``best`` deletes every candidate model but the best; ``all`` keeps them.
+    """
+    alphas = sorted(set([0.0, *alphas]))
+    if len(alphas) < 2:
+        raise UsageError("give at least one non-zero α to compare with α = 0")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    candidates = out / "candidates"
+    result = merge(sft, dpo, candidates, alpha=",".join(repr(a) for a in alphas),
+                   overwrite=overwrite)
+    scorer = scorer_factory()
+    rows = []
+    outputs: dict[float, tuple[list[dict], list[float]]] = {}
+    for alpha, model_dir in zip(alphas, result.outputs):
+        model, tokenizer = load_model(model_dir, device, None)
+        records = generate_outputs(model, tokenizer, prompts, sampling=sampling,
+                                   batch_size=batch_size, generator=f"expo-alpha-{alpha:g}",
+                                   out=out / f"outputs-alpha-{alpha:g}.json", progress=False)
+        del model
+        scores = scorer.score(records)
+        outputs[alpha] = (records, scores)
+    base_records, base_scores = outputs[0.0]
+    for alpha, model_dir in zip(alphas, result.outputs):
+        records, scores = outputs[alpha]
+        summary = summarize(records, scores, base_records, base_scores)
+        rows.append({"alpha": alpha, "mean_reward": summary["mean"],
+                     "win_rate_vs_alpha0": summary["win_rate"],
+                     "avg_length_words": summary["avg_length_words"],
+                     "echo_rate": diagnose(records)["echo_rate"],
+                     "model": str(model_dir)})
+    best = max(rows, key=lambda r: r["mean_reward"])
+    report = {"alphas": alphas, "best_alpha": best["alpha"], "rows": rows,
+              "sampling": sampling.__dict__, "prompts": len(prompts)}
+    if keep == "best":
+        for row in rows:
+            if row is not best:
+                shutil.rmtree(row["model"], ignore_errors=True)
+                row["model"] = None
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    plot(report, out / "report.png")
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = ["# α selection", "",
+             f"{report['prompts']} prompts; best α = **{report['best_alpha']:g}** (highest mean reward).",
+             "", "| α | mean reward | win rate vs α=0 | avg length (words) | echo rate |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        win = "—" if r["win_rate_vs_alpha0"] is None else f"{r['win_rate_vs_alpha0']:.3f}"
+        lines.append(f"| {r['alpha']:g} | {r['mean_reward']:.4f} | {win} | "
+                     f"{r['avg_length_words']:.1f} | {r['echo_rate']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = [r["alpha"] for r in report["rows"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(alphas, [r["mean_reward"] for r in report["rows"]], "o-", color="tab:blue")
+    ax.set_xlabel("α")
+    ax.set_ylabel("mean reward", color="tab:blue")
+    twin = ax.twinx()
+    twin.plot(alphas, [r["avg_length_words"] for r in report["rows"]], "s--", color="tab:orange")
+    twin.set_ylabel("average length (words)", color="tab:orange")
+    ax.axvline(report["best_alpha"], color="grey", lw=0.8)
+    ax.set_title("reward and length against α")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
