@@ -256,54 +256,40 @@ def make_handler(state: HubState):
                     repo.refs[unquote(revision)] = len(repo.commits) - 1
             self.reply(200, result)
 
-        def info(self, repo_id: str, revision: str, head: bool):
+        def commit_of(self, repo_id: str, revision: str, head: bool):
+            """(repo, sha, files) of a readable revision, or None after replying with an error."""
             repo = self.repo(repo_id)
             if repo is None:
-                return
+                return None
             try:
-                sha, files = repo.head(revision)
+                return (repo, *repo.head(revision))
             except KeyError:
-                return self.error(404, f"Revision Not Found: {revision}", head=head)
-            siblings = []
-            for name, content in sorted(files.items()):
-                entry = {"rfilename": name}
-                if isinstance(content, tuple):
-                    entry["size"] = content[1]
-                    entry["lfs"] = {"sha256": content[0], "size": content[1], "pointerSize": 134}
-                else:
-                    entry["size"] = len(content)
-                siblings.append(entry)
+                self.error(404, f"Revision Not Found: {revision}", head=head)
+                return None
+
+        def info(self, repo_id: str, revision: str, head: bool):
+            found = self.commit_of(repo_id, revision, head)
+            if found is None:
+                return
+            repo, sha, files = found
+            siblings = [{"rfilename": e["path"], "size": e["size"],
+                         **({"lfs": {"sha256": e["lfs"]["oid"], "size": e["size"], "pointerSize": 134}}
+                            if "lfs" in e else {})}
+                        for e in _entries(files)]
             self.reply(200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
                              "siblings": siblings, "tags": [], "downloads": 0, "likes": 0},
                        head=head)
 
         def tree(self, repo_id: str, revision: str, head: bool):
-            repo = self.repo(repo_id)
-            if repo is None:
-                return
-            try:
-                _, files = repo.head(revision)
-            except KeyError:
-                return self.error(404, "Revision Not Found", head=head)
-            entries = []
-            for name, content in sorted(files.items()):
-                if isinstance(content, tuple):
-                    entries.append({"type": "file", "path": name, "size": content[1],
-                                    "oid": content[0],
-                                    "lfs": {"oid": content[0], "size": content[1], "pointerSize": 134}})
-                else:
-                    entries.append({"type": "file", "path": name, "size": len(content),
-                                    "oid": hashlib.sha1(content).hexdigest()})
-            self.reply(200, entries, head=head)
+            found = self.commit_of(repo_id, revision, head)
+            if found is not None:
+                self.reply(200, _entries(found[2]), head=head)
 
         def resolve(self, repo_id: str, revision: str, name: str, head: bool):
-            repo = self.repo(repo_id)
-            if repo is None:
+            found = self.commit_of(repo_id, revision, head)
+            if found is None:
                 return
-            try:
-                sha, files = repo.head(revision)
-            except KeyError:
-                return self.error(404, "Revision Not Found", head=head)
+            _, sha, files = found
             if name not in files:
                 return self.error(404, "Entry Not Found", head=head)
             content = files[name]
@@ -319,6 +305,19 @@ def make_handler(state: HubState):
             self.reply(200, raw=data, headers=headers, head=head)
 
     return Handler
+
+
+def _entries(files: dict) -> list[dict]:
+    """Tree entries for a commit's files: LFS ones carry their sha256 oid."""
+    entries = []
+    for name, content in sorted(files.items()):
+        if isinstance(content, tuple):
+            entries.append({"type": "file", "path": name, "size": content[1], "oid": content[0],
+                            "lfs": {"oid": content[0], "size": content[1], "pointerSize": 134}})
+        else:
+            entries.append({"type": "file", "path": name, "size": len(content),
+                            "oid": hashlib.sha1(content).hexdigest()})
+    return entries
 
 
 class LocalHub:

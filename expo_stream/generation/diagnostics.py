@@ -25,8 +25,8 @@ from ..errors import FormatError
 REPETITION_SHARE = 0.30
 
 
-def load_outputs(path: str | Path) -> list[dict]:
-    """Records from a JSON list or a JSON-lines file."""
+def read_records(path: str | Path) -> list:
+    """The records of a JSON list or a JSON-lines file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -34,11 +34,15 @@ def load_outputs(path: str | Path) -> list[dict]:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         if text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            return json.loads(text)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
     except ValueError as exc:
         raise FormatError(f"{path}: not JSON or JSON lines ({exc})") from None
+
+
+def load_outputs(path: str | Path) -> list[dict]:
+    """AlpacaEval records (each with a string ``output``) from JSON or JSON lines."""
+    rows = read_records(path)
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("output"), str):
             raise FormatError(f"{path}: record {i} has no string `output`")

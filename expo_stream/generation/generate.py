@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, UsageError
+from .diagnostics import read_records
 
 
 @dataclass(frozen=True)
@@ -39,23 +40,17 @@ def load_prompts(path: str | Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read prompts ({exc.strerror})") from None
-    stripped = text.lstrip()
-    if path.suffix in (".json", ".jsonl") or stripped.startswith(("[", "{")):
-        try:
-            rows = json.loads(text) if stripped.startswith("[") else [
-                json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError as exc:
-            raise FormatError(f"{path}: not JSON or JSON lines ({exc})") from None
-        prompts = []
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
-                raise FormatError(f"{path}: record {i} has no string `instruction`")
-            instruction = row["instruction"]
-            if row.get("input"):
-                instruction = f"{instruction}\n\n{row['input']}"
-            prompts.append({"instruction": instruction, "dataset": row.get("dataset", path.stem)})
-        return prompts
-    return [{"instruction": line, "dataset": path.stem} for line in text.splitlines() if line.strip()]
+    if not (path.suffix in (".json", ".jsonl") or text.lstrip().startswith(("[", "{"))):
+        return [{"instruction": line, "dataset": path.stem} for line in text.splitlines() if line.strip()]
+    prompts = []
+    for i, row in enumerate(read_records(path)):
+        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
+            raise FormatError(f"{path}: record {i} has no string `instruction`")
+        instruction = row["instruction"]
+        if row.get("input"):
+            instruction = f"{instruction}\n\n{row['input']}"
+        prompts.append({"instruction": instruction, "dataset": row.get("dataset", path.stem)})
+    return prompts
 
 
 def pick_device(device: str | None) -> str:
