@@ -237,3 +237,24 @@ def test_empty_arrays():
     for backend in AVAILABLE:
         e = np.empty(0, ml_dtypes.bfloat16)
         assert extrapolate(e, e, 0.3, backend=backend).size == 0
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.5, 25.0])
+def test_short_alpha_exact_ties(alpha):
+    """α with few significant bits puts many results exactly on a midpoint (ties to even)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(5)
+    base = (rng.standard_normal(3000) * 0.05).astype(np.float32)
+    s = base.astype(ml_dtypes.bfloat16)
+    d = (base + rng.standard_normal(3000).astype(np.float32) * 1e-3).astype(ml_dtypes.bfloat16)
+    expected = oracle(d, s, alpha, "BF16")
+    ties = 0
+    for dv, sv in zip(d.astype(float), s.astype(float)):
+        x = Fraction(dv) + Fraction(alpha) * (Fraction(dv) - Fraction(sv))
+        f = float(x)
+        if Fraction(f) == x and float(np.float32(f)) == f:  # exact in float32: look at its bits
+            ties += int(np.array(f, np.float32).view(np.uint32)) & 0xFFFF == 0x8000
+    assert ties > 100  # the exact-tie shortcut is exercised
+    for backend in AVAILABLE:
+        assert np.array_equal(bits(extrapolate(d, s, alpha, backend=backend)), expected), backend
