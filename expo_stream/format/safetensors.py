@@ -153,7 +153,7 @@ def _tensor_entry(path: Path, name: str, entry: object, data_start: int) -> Tens
     if not isinstance(entry, dict):
         raise FormatError(f"{path}: entry for tensor `{name}` is not an object")
     dtype = entry.get("dtype")
-    if dtype not in ITEMSIZE:
+    if not isinstance(dtype, str) or dtype not in ITEMSIZE:  # a list here once crashed the lookup
         raise FormatError(f"{path}: tensor `{name}` has unknown dtype {dtype!r}")
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(

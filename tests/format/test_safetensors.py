@@ -56,6 +56,7 @@ def test_what_we_write_loads_in_the_safetensors_library(tmp_path):
     ({"a": entry(offsets=(0, 8))}, b"\0" * 4, "past the end"),
     ({"a": entry(offsets=(0, 8))}, b"\0" * 12, "not covered"),
     ({"a": entry(dtype="Q7")}, b"\0" * 8, "unknown dtype"),
+    ({"a": entry(dtype=[1, 2])}, b"\0" * 8, "unknown dtype"),  # found by bench/fuzz_header.py
     ({"a": entry(shape=(-2,))}, b"\0" * 8, "invalid shape"),
     ({"a": entry(shape=(2.0,))}, b"\0" * 8, "invalid shape"),
     ({"a": entry(shape=(3,))}, b"\0" * 8, "12 bytes"),
