@@ -128,6 +128,8 @@ def main() -> None:
                     help="mergekit-yaml of mergekit's own venv")
     ap.add_argument("--tools", default="expo,expo-layers,mergekit,naive")
     ap.add_argument("--limit-tries", type=int, default=3, help="cgroup runs per tool (0: none)")
+    ap.add_argument("--no-report", dest="report", action="store_false",
+                    help="skip bench/kernels.py and bench/report.py at the end")
     args = ap.parse_args()
     tools = args.tools.split(",")
     expo = shutil.which("expo-stream")
@@ -172,6 +174,10 @@ def main() -> None:
         with open(args.results, "a") as f:
             f.write(json.dumps(record) + "\n")
         shutil.rmtree(pair, ignore_errors=True)
+    if args.report:
+        with open(HERE / "kernels.json", "w") as f:
+            subprocess.run([sys.executable, str(HERE / "kernels.py")], stdout=f, check=True)
+        subprocess.run([sys.executable, str(HERE / "report.py")], check=True)
 
 
 if __name__ == "__main__":
