@@ -1,7 +1,8 @@
 """Numba kernel: the reference algorithm (docs/arithmetic.md) as a scalar loop over raw bits.
 
-It mirrors ``csrc/extrapolate.cpp`` line for line: decode the stored bits, error-free
-transformations, Grow-Expansion, the exact midpoint decision and integer encoding. Compiled with
+It mirrors ``csrc/extrapolate_kernel.inc``: decode the stored bits, the proven fast path, and
+where it cannot decide, error-free transformations, Grow-Expansion, the exact midpoint decision
+and integer encoding. Compiled with
 ``nogil=True`` so the executor's threads run it in parallel.
 """
 
@@ -85,16 +86,9 @@ def _extrapolate_one(d, s, alpha, width, precision, emin, emax):
         return sign_bit if (d == 0.0 and ieee == 0.0 and math.copysign(1.0, ieee) < 0) else 0
     negative = approx < 0.0
     mag = -approx if negative else approx
-    frac, exp2 = math.frexp(mag)
-    e = exp2 - 1
+    e, steps, mid = _cell(mag, precision, emin)
     if e > emax:
         return _encode_special(-math.inf if negative else math.inf, width, precision)
-    mant = np.int64(math.ldexp(frac, 53))  # |approx| = mant * 2**(e-52), bit 52 set
-    drop = 52 - (precision - 1) + max(0, emin - e)
-    steps = mant >> drop if drop < 63 else np.int64(0)
-    k = e - 52 + drop
-    low = math.ldexp(float(steps), k)
-    mid = low + math.ldexp(1.0, k - 1)
     side = -1.0 if negative else 1.0
     # Grow-Expansion with -side*mid; the largest non-zero component gives sign(x - side*mid).
     q, f0 = _two_sum(-side * mid, e0)
@@ -109,19 +103,67 @@ def _extrapolate_one(d, s, alpha, width, precision, emin, emax):
     above = side * top
     if above > 0.0 or (above == 0.0 and (steps & 1) == 1):
         steps += 1
+    return _encode(e, steps, negative, width, precision, emin)
+
+
+@numba.njit(inline="always")
+def _cell(mag, precision, emin):
+    """Unbiased exponent, cell index (lower edge / quantum) and cell midpoint of mag > 0."""
+    frac, exp2 = math.frexp(mag)
+    e = exp2 - 1
+    mant = np.int64(math.ldexp(frac, 53))  # mag = mant * 2**(e-52), bit 52 set
+    drop = 52 - (precision - 1) + max(0, emin - e)
+    steps = mant >> drop if drop < 63 else np.int64(0)
+    k = e - 52 + drop
+    mid = math.ldexp(float(steps), k) + math.ldexp(1.0, k - 1)
+    return e, steps, mid
+
+
+@numba.njit(inline="always")
+def _encode(e, steps, negative, width, precision, emin):
     bits = (max(e - emin, 0) << (precision - 1)) + steps
     inf_bits = ((1 << (width - precision)) - 1) << (precision - 1)
     if bits > inf_bits:
         bits = inf_bits
-    return bits | (sign_bit if negative else 0)
+    return bits | ((1 << (width - 1)) if negative else 0)
+
+
+@numba.njit(inline="always")
+def _fast(d, s, alpha, short_alpha, width, precision, emin, emax):
+    """The C++ kernel's fast path (docs/arithmetic.md): bits, or -1 where it cannot decide."""
+    delta = d - s
+    p = alpha * delta
+    r = d + p
+    mag = abs(r)
+    if mag == 0.0 or not math.isfinite(mag):
+        return -1
+    e, steps, mid = _cell(mag, precision, emin)
+    if e > emax:
+        return _encode_special(-math.inf if r < 0.0 else math.inf, width, precision)
+    decided = abs(mag - mid) > 2.0**-52 * (mag + 3.0 * abs(p))
+    if not decided and short_alpha:
+        b1 = delta - d
+        err_delta = (d - (delta - b1)) + (-s - b1)
+        b2 = r - d
+        err_sum = (d - (r - b2)) + (p - b2)
+        scaled = math.ldexp(math.frexp(delta)[0], 24)  # integral iff delta has <= 24 bits
+        decided = err_delta == 0.0 and err_sum == 0.0 and scaled == math.floor(scaled)
+    if not decided:
+        return -1
+    if mag > mid or (mag == mid and (steps & 1) == 1):
+        steps += 1
+    return _encode(e, steps, r < 0.0, width, precision, emin)
 
 
 @numba.njit(nogil=True, cache=True)
-def _extrapolate_bits(dpo, dpo_fmt, sft, sft_fmt, out, out_fmt, alpha):
+def _extrapolate_bits(dpo, dpo_fmt, sft, sft_fmt, out, out_fmt, alpha, short_alpha):
     for i in range(out.shape[0]):
         d = _decode(np.int64(dpo[i]), dpo_fmt[0], dpo_fmt[1], dpo_fmt[2])
         s = _decode(np.int64(sft[i]), sft_fmt[0], sft_fmt[1], sft_fmt[2])
-        out[i] = _extrapolate_one(d, s, alpha, out_fmt[0], out_fmt[1], out_fmt[2], out_fmt[3])
+        bits = _fast(d, s, alpha, short_alpha, out_fmt[0], out_fmt[1], out_fmt[2], out_fmt[3])
+        if bits < 0:
+            bits = _extrapolate_one(d, s, alpha, out_fmt[0], out_fmt[1], out_fmt[2], out_fmt[3])
+        out[i] = bits
 
 
 def _fmt(target):
@@ -138,5 +180,11 @@ def extrapolate(dpo: np.ndarray, sft: np.ndarray, alpha: float, out: np.ndarray)
         dpo.view(uint[fd.bits]), _fmt(fd)[:3],
         sft.view(uint[fs.bits]), _fmt(fs)[:3],
         out.view(uint[fo.bits]), _fmt(fo),
-        float(alpha),
+        float(alpha), _is_short(float(alpha)),
     )
+
+
+def _is_short(alpha: float) -> bool:
+    """At most 29 significant bits: the fast path can prove exact products with it."""
+    scaled = math.ldexp(math.frexp(alpha)[0], 29)
+    return scaled == math.floor(scaled)
