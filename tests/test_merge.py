@@ -273,3 +273,16 @@ def test_side_files_come_from_dpo(tmp_path):
     expo_stream.merge(sft_dir, dpo_dir, tmp_path / "out", alpha=0.3)
     assert json.loads((tmp_path / "out" / "tokenizer.json").read_text()) == {"dpo": True}
     assert (tmp_path / "out" / "generation_config.json").exists()
+
+
+def test_every_mismatch_is_listed_in_one_error(tmp_path):
+    extra = {"model.norm.weight": (np.ones(3, np.float32), None),
+             "lm_head.weight": (np.ones((24, 8), np.int32), None),
+             "sft.only": (np.ones(2, np.float32), None)}
+    sft_dir, dpo_dir, _, _ = tiny_pair(tmp_path, extra=extra)
+    with pytest.raises(expo_stream.PlanError) as info:
+        expo_stream.merge(sft_dir, dpo_dir, tmp_path / "out", alpha=0.3)
+    message = str(info.value)
+    assert "`sft.only`" in message and "`model.norm.weight`: shape" in message
+    assert "`lm_head.weight`: dtypes I32 (SFT) and BF16 (DPO) are not mergeable" in message
+    assert "\n" not in message
