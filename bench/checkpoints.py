@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from expo_stream.demo import llama_shapes  # noqa: E402
+from expo_stream.format.safetensors import encode_header  # noqa: E402
 
 COMMON = {"max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
           "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1,
@@ -67,18 +68,12 @@ def _write_checkpoint(directory: Path, shapes: dict, block: np.ndarray, shard_by
     raw = block.view(np.uint8)
     for i, group in enumerate(groups):
         filename = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        entries, offset = {"__metadata__": {"format": "pt"}}, 0
-        for name, shape in group:
-            n = int(np.prod(shape)) * 2
-            entries[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-            offset += n
-            weight_map[name] = filename
-        body = json.dumps(entries).encode()
-        body += b" " * (-len(body) % 8)
+        header = encode_header((name, "BF16", shape) for name, shape in group)
+        weight_map.update({name: filename for name, _ in group})
         fd = os.open(directory / filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, len(body).to_bytes(8, "little") + body)
-            remaining = offset
+            os.write(fd, header)
+            remaining = sum(int(np.prod(shape)) * 2 for _, shape in group)
             while remaining:  # the block, reused from where the last tensor stopped
                 start = cursor % raw.nbytes
                 piece = raw[start:start + min(remaining, raw.nbytes - start)]

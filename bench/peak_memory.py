@@ -22,20 +22,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rss import run_sampled  # noqa: E402
 
+from expo_stream.format.safetensors import encode_header  # noqa: E402
+
 VOCAB, HIDDEN = 128256, 4096
 
 
 def write_file(path: Path, tensors: list[tuple[str, tuple, callable]]) -> None:
     """Stream tensors into one safetensors file; each is produced row block by row block."""
-    entries, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape, _ in tensors:
-        size = int(np.prod(shape)) * 2
-        entries[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    body = json.dumps(entries).encode()
-    body += b" " * (-len(body) % 8)
     with open(path, "wb") as f:
-        f.write(len(body).to_bytes(8, "little") + body)
+        f.write(encode_header((name, "BF16", shape) for name, shape, _ in tensors))
         for _, shape, make in tensors:
             rows = shape[0]
             for r in range(0, rows, 8192):

@@ -7,9 +7,8 @@ schedule as a table per layer group, the command that made the model and the too
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from .plan.planner import Plan
+from .report import AlphaRow, schedule_rows
 from .version import __version__
 
 EXPO_PARAGRAPH = (
@@ -23,25 +22,6 @@ EXPO_PARAGRAPH = (
 )
 
 
-def schedule_rows(plan: Plan, which: int) -> list[tuple[str, str, str]]:
-    """(tensors, α, rule) rows: one per layer group of each stack, then the rest."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    others: dict[tuple, int] = defaultdict(int)
-    for t in plan.tensors:
-        if t.sft is None:
-            others[("copied from DPO", "—")] += 1
-            continue
-        alpha, why = t.alphas[which], t.why[which]
-        if t.layer is not None and not why.startswith("rule"):
-            groups[(t.layer.stack, f"{alpha:g}", why)].append(t.layer.index)
-        else:
-            others[(f"{alpha:g}", why)] += 1
-    rows = [(f"`{stack}` layers {min(ix)}–{max(ix)}", alpha, why)
-            for (stack, alpha, why), ix in sorted(groups.items(), key=lambda kv: (kv[0][0], min(kv[1])))]
-    rows += [(f"{n} other tensor(s)", alpha, why) for (alpha, why), n in sorted(others.items())]
-    return rows
-
-
 def model_card_text(plan: Plan, which: int, sft_name: str, dpo_name: str, command: str | None) -> str:
     """The README.md text for output ``which`` of ``plan``."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -53,7 +33,7 @@ def model_card_text(plan: Plan, which: int, sft_name: str, dpo_name: str, comman
         library_name="transformers",
     )
     schedule = plan.schedules[which]
-    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in schedule_rows(plan, which))
+    table = "\n".join(_table_row(row) for row in schedule_rows(plan, which))
     body = f"""
 # {schedule.label} extrapolation of {dpo_name}
 
@@ -78,3 +58,11 @@ expo-stream {__version__}; the α of every tensor is in `expo_recipe.json`, shar
 `expo_manifest.json` (`expo-stream verify` checks them).
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _table_row(row: AlphaRow) -> str:
+    what = (f"`{row.stack}` layers {row.first}–{row.last}" if row.stack is not None
+            else f"{row.count} other tensor(s)" if row.alpha is not None
+            else f"{row.count} tensor(s)")
+    alpha = "—" if row.alpha is None else f"{row.alpha:g}"
+    return f"| {what} | {alpha} | {row.why} |"

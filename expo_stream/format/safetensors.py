@@ -183,6 +183,25 @@ def _tensor_entry(path: Path, name: str, entry: object, data_start: int) -> Tens
     return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, data_start + end)
 
 
+def encode_header(tensors, metadata: dict[str, str] | None = None) -> bytes:
+    """The header for ``(name, dtype, shape)`` tensors laid out back to back in that order.
+
+    Length prefix and JSON padded with spaces to a multiple of 8, as the reference writer does;
+    ``__metadata__`` defaults to ``{"format": "pt"}`` (what transformers writes).
+    """
+    entries: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape in tensors:
+        size = ITEMSIZE[dtype]
+        for dim in shape:
+            size *= dim
+        entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    body = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    body += b" " * (-len(body) % 8)
+    return len(body).to_bytes(8, "little") + body
+
+
 def read_header(path: Path) -> Header:
     """Read and validate the header of the safetensors file at ``path`` (opened read-only)."""
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OutputError, UsageError
+from .safetensors import encode_header
 
 SYNC_EVERY_BYTES = 64 * 2**20  # flush dirty pages in steps so they do not pile up
 
@@ -186,17 +187,9 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None
     from .dtypes import NUMPY_DTYPES
 
     by_numpy = {dt: name for name, dt in NUMPY_DTYPES.items()}
-    entries: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
-    offset = 0
-    for name, arr in tensors.items():
-        entries[name] = {"dtype": by_numpy[arr.dtype], "shape": list(arr.shape),
-                         "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-    body = json.dumps(entries, separators=(",", ":")).encode("utf-8")
-    body += b" " * (-len(body) % 8)
+    header = encode_header(((n, by_numpy[a.dtype], a.shape) for n, a in tensors.items()), metadata)
     with open(path, "wb") as f:
-        f.write(len(body).to_bytes(8, "little"))
-        f.write(body)
+        f.write(header)
         for arr in tensors.values():
             f.write(memoryview(arr.reshape(-1).view(np.uint8)))
 

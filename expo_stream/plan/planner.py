@@ -7,13 +7,12 @@ fixed here), so an executor may run shards, or chunks of tensors, in any order a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 
 from ..errors import PlanError
 from ..format.checkpoint import Checkpoint
 from ..format.dtypes import ITEMSIZE, MERGEABLE, is_float
-from ..format.safetensors import TensorInfo
+from ..format.safetensors import TensorInfo, encode_header
 from .options import MergeOptions
 from .schedule import LayerRef, Schedule, layer_table
 
@@ -199,18 +198,6 @@ def _layout(jobs: list[TensorJob], max_shard_size: int) -> tuple[ShardJob, ...]:
         for job in group:
             placed.append(replace(job, offset=offset))
             offset += job.nbytes
-        shards.append(ShardJob(i, filename, encode_header(placed), tuple(placed)))
+        header = encode_header(((t.name, t.dtype, t.shape) for t in placed), HEADER_METADATA)
+        shards.append(ShardJob(i, filename, header, tuple(placed)))
     return tuple(shards)
-
-
-def encode_header(tensors: list[TensorJob]) -> bytes:
-    """The safetensors header for tensors laid out back to back, padded to 8 bytes."""
-    entries: dict[str, object] = {"__metadata__": HEADER_METADATA}
-    for t in tensors:
-        entries[t.name] = {
-            "dtype": t.dtype, "shape": list(t.shape),
-            "data_offsets": [t.offset, t.offset + t.nbytes],
-        }
-    body = json.dumps(entries, separators=(",", ":")).encode("utf-8")
-    body += b" " * (-len(body) % 8)
-    return len(body).to_bytes(8, "little") + body
