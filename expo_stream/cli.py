@@ -373,5 +373,173 @@ def demo(directory: Path, alpha: str, backend: str) -> None:
     click.echo(f"wrote {result.outputs[0]}")
 
 
+# -- multimodal (extra [mm]) -----------------------------------------------------------------
+
+
+@main.group()
+def mm() -> None:
+    """Multimodal DDPO (RLHF-V) on a LLaVA-style CLIP + LLM model; needs the [mm] extra."""
+
+
+def _tokenizer(spec: str):
+    if spec == "tiny":
+        from .multimodal.tiny import tiny_tokenizer
+
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec)
+    except OSError as exc:
+        raise UsageError(f"{spec}: cannot load a tokenizer ({exc})") from None
+
+
+@mm.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Where the DatasetDict goes (save_to_disk).")
+@click.option("--tokenizer", "tokenizer_spec", required=True,
+              help="The model's tokenizer (directory), or `tiny`; segments are found with it.")
+@click.option("--fraction", type=float, default=1.0, show_default=True,
+              help="Keep this share of rows, chosen deterministically by row id.")
+@click.option("--test-size", type=float, default=0.0, show_default=True,
+              help="Share of kept rows moved to a `test` split.")
+@click.option("--overwrite", is_flag=True)
+@_errors
+def preprocess(source, out, tokenizer_spec, fraction, test_size, overwrite) -> None:
+    """RLHF-V rows (parquet/JSON/JSONL, or a folder of per-sample JSON) to a DatasetDict."""
+    from .multimodal.data import preprocess as run
+
+    report = run(source, out, _tokenizer(tokenizer_spec), fraction=fraction,
+                 test_size=test_size, overwrite=overwrite)
+    click.echo(report.summary())
+    click.echo(f"wrote {out}")
+
+
+@mm.command("train-ddpo")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--tiny", is_flag=True,
+              help="Tiny random model and, without --data, toy square-colour data (demo, tests); "
+                   "lr defaults to 1e-3 there.")
+@click.option("--vision", type=click.Path(path_type=Path), help="CLIP vision checkpoint directory.")
+@click.option("--llm", type=click.Path(path_type=Path), help="Causal LM directory (with tokenizer).")
+@click.option("--model", type=click.Path(path_type=Path), help="An existing LLaVA model directory.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="`mm preprocess` output, or raw RLHF-V data (preprocessed in memory).")
+@click.option("--steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
+@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--lr", type=float, help="Default 2e-6 (1e-3 with --tiny).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Global batch (pairs per optimizer step).")
+@click.option("--micro-batch-size", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.03, show_default=True)
+@click.option("--beta", type=float, default=0.1, show_default=True)
+@click.option("--gamma", type=float, default=2.0, show_default=True,
+              help="Weight of corrected-segment tokens.")
+@click.option("--reduction", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
+              help="Sequence score: weighted mean (RLHF-V eq. 5) or weighted sum (released code).")
+@click.option("--max-prompt-length", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--max-response-length", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="bf16: autocast, no GradScaler; fp16: autocast + GradScaler.")
+@click.option("--lora-rank", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--save-every", type=click.IntRange(1), help="Also checkpoint every N steps.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1...")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True)
+@_errors
+def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_size,
+               micro_batch_size, weight_decay, warmup_ratio, beta, gamma, reduction,
+               max_prompt_length, max_response_length, precision, lora_rank, save_every, device,
+               seed, resume, overwrite) -> None:
+    """DDPO: LoRA on the LLM's attention + the projector, token weights from RLHF-V segments."""
+    from .multimodal import data as mmdata
+    from .multimodal.model import read_run, start_model
+    from .multimodal.tiny import toy_rows
+    from .multimodal.train import TrainConfig, train_ddpo as run
+
+    if resume:
+        source = read_run(out)["data"]
+        net = processor = None
+        tokenizer = _tokenizer("tiny") if "tiny" in source else None
+    else:
+        net, processor = start_model(tiny=tiny, vision=vision, llm=llm, model=model, seed=seed)
+        tokenizer = processor.tokenizer
+        source = ({"path": str(data.resolve())} if data is not None
+                  else {"tiny": 32} if tiny else None)
+        if source is None:
+            raise UsageError("--data is required (or --tiny for the toy data)")
+    if tokenizer is None:
+        from .multimodal.model import load_model_dir, start_of
+
+        tokenizer = load_model_dir(start_of(out))[1].tokenizer
+    rows = toy_rows(source["tiny"]) if "tiny" in source else source["path"]
+    dataset = mmdata.train_split(rows, tokenizer)
+    config = TrainConfig(lr=lr if lr is not None else (1e-3 if tiny else 2e-6), epochs=epochs,
+                         batch_size=batch_size, micro_batch_size=micro_batch_size,
+                         weight_decay=weight_decay, warmup_ratio=warmup_ratio, beta=beta,
+                         gamma=gamma, reduction=reduction, max_prompt_length=max_prompt_length,
+                         max_response_length=max_response_length, max_steps=steps,
+                         precision=precision, lora_rank=lora_rank, lora_alpha=2 * lora_rank,
+                         save_every=save_every, seed=seed)
+    metrics = run(out, net=net, processor=processor, dataset=dataset,
+                  start=model, data_source=source, config=config, device=device,
+                  resume=resume, overwrite=overwrite)
+    click.echo(f"step {metrics.get('step')}: loss {metrics.get('loss', float('nan')):.6f}, reward "
+               f"accuracy {metrics.get('rewards/accuracy', float('nan')):.3f}, margin "
+               f"{metrics.get('rewards/margin', float('nan')):.6f}")
+    click.echo(f"wrote {out}")
+
+
+@mm.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Export this checkpoint (RUN/checkpoints/step-N) instead of the final weights.")
+@click.option("--overwrite", is_flag=True)
+@_errors
+def export(run_dir, out, checkpoint, overwrite) -> None:
+    """Merge a run's LoRA adapters and projector into full safetensors for `expo-stream merge`."""
+    from .multimodal.export import export as run
+    from .multimodal.model import start_of
+
+    run(run_dir, out, checkpoint=checkpoint, overwrite=overwrite)
+    click.echo(f"wrote {out}")
+    click.echo(f"extrapolate with: expo-stream merge --sft {start_of(run_dir)} --dpo {out} "
+               "--out OUT --alpha A")
+
+
+@mm.command("generate")
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="A training run directory or an exported/merged LLaVA model directory.")
+@click.option("--image", type=click.Path(path_type=Path), help="One image (with --prompt).")
+@click.option("--prompt", help="The question about --image.")
+@click.option("--requests", type=click.Path(path_type=Path),
+              help="Batch form: JSONL of {\"image\": PATH, \"prompt\": TEXT}.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write JSONL results here.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@_errors
+def mm_generate(model, image, prompt, requests, out, max_new_tokens, sample, seed) -> None:
+    """Answer questions about images with the trained projector."""
+    import json
+
+    from .multimodal.generate import generate as run, load_requests
+
+    if (requests is None) == (image is None or prompt is None):
+        raise UsageError("give --image with --prompt, or --requests")
+    reqs = load_requests(requests) if requests else [{"image": str(image), "prompt": prompt}]
+    results = run(model, reqs, max_new_tokens=max_new_tokens, greedy=not sample, seed=seed)
+    if out:
+        out.write_text("".join(json.dumps(r) + "\n" for r in results))
+        click.echo(f"wrote {len(results)} answers to {out}")
+    else:
+        for r in results:
+            click.echo(r["output"])
+
+
 if __name__ == "__main__":
     main()

@@ -38,3 +38,7 @@ class BackendUnavailableError(ExpoStreamError):
 
 class OutputError(ExpoStreamError):
     """Writing the output failed (disk full, permissions, ...)."""
+
+
+class TrainingError(ExpoStreamError):
+    """Training cannot go on (out of memory at micro-batch 1, a run that cannot be resumed)."""

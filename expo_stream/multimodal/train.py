@@ -1,0 +1,370 @@
+"""``mm train-ddpo``: DDPO training of the LLaVA model's LoRA adapters and projector.
+
+The loop is hand-written (TRL's DPOTrainer has no per-token weights): each optimizer step takes a
+global batch of pairs in micro-batches; every micro-batch adds ``Σ pair losses / global batch
+size`` to the gradient, which is the seed's "loss divided by the accumulation steps" and stays
+right when a micro-batch is halved or the last batch of an epoch is short.
+
+The reference model is the start model itself: the same forward pass with the adapters disabled
+(PEFT also switches the projector back to its untrained original), on the same micro-batch, without
+gradients. So the reference is frozen, costs no second copy, and at step 0 policy and reference
+scores are equal bit for bit (the loss is exactly log 2).
+
+Precision: ``fp32`` (the CPU default); ``bf16`` autocast with no GradScaler (bf16 has fp32's range);
+``fp16`` autocast with a GradScaler, which is only sound with fp32 master weights, so trainable
+parameters are always kept in float32. On ``torch.OutOfMemoryError`` the step's gradients are
+dropped, the micro-batch halved (the global batch stays) and the step retried; at micro-batch 1
+training stops with a :class:`TrainingError`.
+
+Layout of ``--out``: ``expo_mm_run.json`` (start model, data, config), ``start/`` (when the start
+model was built here), ``checkpoints/step-N/`` (each epoch end and every ``save_every`` steps:
+adapters, projector, processor, optimizer, trainer state), then at the end ``adapter/``,
+``projector.safetensors``, ``metrics.jsonl`` and ``metrics.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import math
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import TrainingError, UsageError
+from . import ddpo
+from .model import (ADAPTER_DIR, PROJECTOR_FILE, RUN_FILE, START_DIR, add_adapters,
+                    load_model_dir, projector_state, read_run)
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """DDPO settings; the defaults are the seed's (RLHF-V on a 3B model)."""
+
+    lr: float = 2e-6
+    epochs: int = 3
+    batch_size: int = 8  # global: micro_batch_size x accumulation steps
+    micro_batch_size: int = 2
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.03
+    beta: float = 0.1
+    gamma: float = 2.0
+    reduction: str = "mean"
+    max_prompt_length: int = 256
+    max_response_length: int = 256
+    max_steps: int | None = None
+    precision: str = "fp32"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    save_every: int | None = None
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.reduction not in ddpo.REDUCTIONS:
+            raise UsageError(f"--reduction must be one of {', '.join(ddpo.REDUCTIONS)}")
+        if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
+            raise UsageError(f"--batch-size {self.batch_size} must be a multiple of "
+                             f"--micro-batch-size {self.micro_batch_size}")
+        if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise UsageError("--epochs and --steps must be at least 1")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class State:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    micro_batch_size: int = 2
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup over ``warmup`` steps, then linear decay; ``step`` counts from 1."""
+    if step <= warmup:
+        return step / warmup
+    return max(0.0, (total - step + 1) / (total - warmup))
+
+
+def autocast(precision: str, device):
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Trainer:
+    """One DDPO run: ``Trainer(...).run()``; see the module docstring for what it writes."""
+
+    def __init__(self, net, processor, dataset, out: Path, config: TrainConfig, *,
+                 device: str = "cpu", resume: bool = False):
+        import torch
+
+        self.config, self.out, self.dataset = config, Path(out), dataset
+        self.processor, self.device = processor, torch.device(device)
+        self.model_config = net.config
+        torch.manual_seed(config.seed)
+        self.net = add_adapters(net, rank=config.lora_rank, alpha=config.lora_alpha,
+                                dropout=config.lora_dropout)
+        for p in self.net.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # fp32 master weights, whatever the base dtype
+        self.net.to(self.device)
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.scaler = (torch.amp.GradScaler(self.device.type) if config.precision == "fp16"
+                       else None)
+        self.steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+        self.total = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.total = min(self.total, config.max_steps)
+        self.warmup = math.ceil(config.warmup_ratio * self.total)
+        self.state = State(micro_batch_size=config.micro_batch_size)
+        if resume:
+            self._resume()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train to the end (or ``max_steps``); returns the last step's metrics."""
+        self.net.train()
+        last = {}
+        while self.state.step < self.total:
+            order = self._order(self.state.epoch)
+            bs = self.config.batch_size
+            while self.state.batch_in_epoch * bs < len(order) and self.state.step < self.total:
+                chosen = order[self.state.batch_in_epoch * bs:(self.state.batch_in_epoch + 1) * bs]
+                last = self._step([self.dataset[i] for i in chosen])
+                self.state.batch_in_epoch += 1
+                epoch_done = self.state.batch_in_epoch * bs >= len(order)
+                if epoch_done:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+                every = self.config.save_every
+                if epoch_done or (every and self.state.step % every == 0):
+                    self.save_checkpoint()
+                if epoch_done:
+                    break
+        self._save_final()
+        return last
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.dataset)))
+        random.Random(f"{self.config.seed}:{epoch}").shuffle(order)
+        return order
+
+    def _step(self, samples: list[dict]) -> dict:
+        import torch
+
+        step = self.state.step + 1
+        lr = self.config.lr * lr_factor(step, self.total, self.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        while True:
+            try:
+                stats = self._accumulate(samples)
+                break
+            except torch.OutOfMemoryError:
+                pass
+            # Out of the except block, so the failed attempt's tensors are unreachable.
+            self.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if self.state.micro_batch_size == 1:
+                raise TrainingError(f"out of memory at step {step} with micro-batch 1; shorten "
+                                    "--max-prompt-length/--max-response-length or use a "
+                                    "smaller model")
+            self.state.micro_batch_size //= 2
+            log.warning("out of memory at step %d: retrying with micro-batch %d", step,
+                        self.state.micro_batch_size)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step = step
+        losses, chosen, rejected = (torch.cat(x) for x in zip(*stats))
+        metrics = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
+                   "loss": losses.mean().item(), "rewards/chosen": chosen.mean().item(),
+                   "rewards/rejected": rejected.mean().item(),
+                   "rewards/accuracy": (chosen > rejected).double().mean().item(),
+                   "rewards/margin": (chosen - rejected).mean().item(), "lr": lr,
+                   "micro_batch": self.state.micro_batch_size}
+        with open(self.out / METRICS_FILE, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        log.info("step %d/%d loss %.6f acc %.3f", step, self.total, metrics["loss"],
+                 metrics["rewards/accuracy"])
+        return metrics
+
+    def _accumulate(self, samples: list[dict]):
+        import torch
+
+        cfg, n, micro = self.config, len(samples), self.state.micro_batch_size
+        stats = []
+        for start in range(0, n, micro):
+            batch = self.batch(samples[start:start + micro])
+            with torch.no_grad(), self.net.disable_adapter(), autocast(cfg.precision, self.device):
+                reference = ddpo.scores(self.net, batch, cfg.reduction)
+            with autocast(cfg.precision, self.device):
+                policy = ddpo.scores(self.net, batch, cfg.reduction)
+            loss, chosen, rejected = ddpo.ddpo_loss(policy, reference, cfg.beta)
+            scaled = loss.sum() / n
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            stats.append((loss.detach(), chosen, rejected))
+        return stats
+
+    def batch(self, samples: list[dict]) -> dict:
+        """Encode and collate samples, on the training device."""
+        cfg = self.config
+        items = [ddpo.encode(s, self.processor, self.model_config, gamma=cfg.gamma,
+                             max_prompt_length=cfg.max_prompt_length,
+                             max_response_length=cfg.max_response_length) for s in samples]
+        batch = ddpo.collate(items, self.processor.tokenizer.pad_token_id)
+        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _write_weights(self, where: Path) -> None:
+        from safetensors.torch import save_file
+
+        self.net.save_pretrained(where / ADAPTER_DIR)
+        save_file({k: v.cpu() for k, v in projector_state(self.net).items()},
+                  where / PROJECTOR_FILE)
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoints/step-N/``, written under a hidden name and renamed when complete."""
+        import torch
+
+        final = self.out / "checkpoints" / f"step-{self.state.step}"
+        tmp = final.with_name(f".{final.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self._write_weights(tmp)
+        self.processor.save_pretrained(tmp / "processor")
+        torch.save({"optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler else None,
+                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state)) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+
+    def _resume(self) -> None:
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        found = sorted((p for p in (self.out / "checkpoints").glob("step-*")
+                        if (p / STATE_FILE).is_file()), key=lambda p: int(p.name[5:]))
+        if not found:
+            raise TrainingError(f"{self.out}: no checkpoint to resume from")
+        ckpt = found[-1]
+        set_peft_model_state_dict(self.net, load_file(ckpt / ADAPTER_DIR /
+                                                      "adapter_model.safetensors"))
+        saved = torch.load(ckpt / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler and saved["scaler"]:
+            self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.state = State(**json.loads((ckpt / STATE_FILE).read_text()))
+        metrics = self.out / METRICS_FILE
+        if metrics.is_file():  # drop lines logged after the checkpoint
+            kept = [line for line in metrics.read_text().splitlines()
+                    if json.loads(line)["step"] <= self.state.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        log.info("resumed from %s (step %d)", ckpt, self.state.step)
+
+    def _save_final(self) -> None:
+        tmp = self.out / ".final.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self._write_weights(tmp)
+        for name in (ADAPTER_DIR, PROJECTOR_FILE):
+            target = self.out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(tmp / name, target)
+        tmp.rmdir()
+        plot_metrics(self.out / METRICS_FILE, self.out / "metrics.png")
+        run = read_run(self.out)
+        run["finished_step"] = self.state.step
+        (self.out / RUN_FILE).write_text(json.dumps(run, indent=1) + "\n")
+
+
+def plot_metrics(metrics: Path, png: Path) -> None:
+    """Loss, reward accuracy and margin per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key in zip(axes, ("loss", "rewards/accuracy", "rewards/margin")):
+        ax.plot(steps, [r[key] for r in rows], marker=".")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, start=None,
+               data_source=None, config: TrainConfig = TrainConfig(), device: str = "cpu",
+               resume: bool = False, overwrite: bool = False) -> dict:
+    """Train, checkpoint and save a DDPO run in ``out``; returns the last step's metrics.
+
+    Args:
+        net, processor: the start model (:func:`.model.start_model`); ignored on resume.
+        dataset: the ``train`` split of a preprocessed dataset (:mod:`.data`).
+        start: the start model's directory if it is on disk already; otherwise the model is
+            saved to ``out/start`` so export and merge have it.
+        data_source: how the data was given, recorded in ``expo_mm_run.json``.
+        resume: continue from the latest checkpoint in ``out`` with the recorded config.
+    """
+    out = Path(out)
+    if resume:
+        run = read_run(out)
+        config = TrainConfig.from_dict(run["config"])
+        net, processor = load_model_dir(Path(run["start"]) if Path(run["start"]).is_absolute()
+                                        else out / run["start"])
+    else:
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise UsageError(f"{out}: exists and is not empty (use --overwrite or --resume)")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if start is None:
+            net.save_pretrained(out / START_DIR)
+            processor.save_pretrained(out / START_DIR)
+            start = START_DIR
+        else:
+            start = str(Path(start).resolve())
+        run = {"start": str(start), "data": data_source, "config": asdict(config)}
+        (out / RUN_FILE).write_text(json.dumps(run, indent=1) + "\n")
+    if len(dataset) == 0:
+        raise UsageError("the training split is empty")
+    trainer = Trainer(net, processor, dataset, out, config, device=device, resume=resume)
+    return trainer.run()
