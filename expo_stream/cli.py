@@ -379,6 +379,12 @@ def demo(directory: Path, alpha: str, backend: str) -> None:
 @main.group()
 def mm() -> None:
     """Multimodal DDPO (RLHF-V) on a LLaVA-style CLIP + LLM model; needs the [mm] extra."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise click.ClickException("the mm commands need the [mm] extra: "
+                                   "pip install 'expo-stream[mm]'") from None
+    hf_logging.disable_progress_bar()  # one line per result, as the other commands print
 
 
 def _tokenizer(spec: str):
