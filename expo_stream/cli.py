@@ -471,12 +471,12 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
         net = processor = None
         tokenizer = _tokenizer("tiny") if "tiny" in source else None
     else:
-        net, processor = start_model(tiny=tiny, vision=vision, llm=llm, model=model, seed=seed)
-        tokenizer = processor.tokenizer
         source = ({"path": str(data.resolve())} if data is not None
                   else {"tiny": 32} if tiny else None)
         if source is None:
             raise UsageError("--data is required (or --tiny for the toy data)")
+        net, processor = start_model(tiny=tiny, vision=vision, llm=llm, model=model, seed=seed)
+        tokenizer = processor.tokenizer
     if tokenizer is None:
         from .multimodal.model import load_model_dir, start_of
 

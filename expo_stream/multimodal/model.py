@@ -180,8 +180,11 @@ def load_trained(path: str | Path, adapter: str | Path | None = None):
     path = Path(path)
     if not (path / RUN_FILE).is_file():
         return load_model_dir(path)
-    net, processor = load_model_dir(start_of(path))
     adapter = Path(adapter) if adapter else path / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        raise FormatError(f"{adapter}: no adapters (did training finish? a checkpoint's are in "
+                          "RUN/checkpoints/step-N)")
+    net, processor = load_model_dir(start_of(path))
     merged = PeftModel.from_pretrained(net, adapter).merge_and_unload()
     saved = load_file(adapter.parent / PROJECTOR_FILE)
     got = projector_state(merged)

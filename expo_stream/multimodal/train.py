@@ -18,7 +18,7 @@ training stops with a :class:`TrainingError`.
 
 Layout of ``--out``: ``expo_mm_run.json`` (start model, data, config), ``start/`` (when the start
 model was built here), ``checkpoints/step-N/`` (each epoch end and every ``save_every`` steps:
-adapters, projector, processor, optimizer, trainer state), then at the end ``adapter/``,
+adapters, projector, processor, model and training config, optimizer, trainer state), then at the end ``adapter/``,
 ``projector.safetensors``, ``metrics.jsonl`` and ``metrics.png``.
 """
 
@@ -262,6 +262,8 @@ class Trainer:
         tmp.mkdir(parents=True)
         self._write_weights(tmp)
         self.processor.save_pretrained(tmp / "processor")
+        self.model_config.save_pretrained(tmp)
+        (tmp / "train_config.json").write_text(json.dumps(asdict(self.config), indent=1) + "\n")
         torch.save({"optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler else None,
                     "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")

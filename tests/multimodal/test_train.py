@@ -67,7 +67,8 @@ def test_cli_run_leaves_adapters_projector_and_metrics(run):
         ckpt = run / "checkpoints" / f"step-{step}"
         assert {p.name for p in ckpt.iterdir()} >= {"adapter", "projector.safetensors",
                                                     "processor", "optimizer.pt",
-                                                    "trainer_state.json"}
+                                                    "trainer_state.json", "config.json",
+                                                    "train_config.json"}
     assert not list(run.rglob("*.partial"))
 
 
@@ -92,6 +93,13 @@ def test_inference_loads_the_saved_projector_bit_for_bit(run, tmp_path):
     assert r.exit_code == 0, r.output
     exported = load_file(tmp_path / "exp" / "model.safetensors")
     assert all(torch.equal(saved[k], exported[f"multi_modal_projector.{k}"]) for k in saved)
+    ckpt = run / "checkpoints" / "step-4"
+    r = CliRunner().invoke(main, ["mm", "export", str(run), "--checkpoint", str(ckpt), "--out",
+                                  str(tmp_path / "exp4")])
+    assert r.exit_code == 0, r.output
+    at4, exported4 = load_file(ckpt / "projector.safetensors"), load_file(tmp_path / "exp4" / "model.safetensors")
+    assert not torch.equal(at4["linear_1.weight"], saved["linear_1.weight"])
+    assert all(torch.equal(at4[k], exported4[f"multi_modal_projector.{k}"]) for k in at4)
 
 
 def test_the_reference_stays_the_start_model(rows, tmp_path):
@@ -180,6 +188,9 @@ def test_fp16_keeps_fp32_master_weights(rows, tmp_path):
     assert all(p.dtype == torch.float32 for p in tr.params)
     base = [p for p in tr.net.parameters() if not p.requires_grad]
     assert base and all(p.dtype == torch.float16 for p in base)
+    # a GradScaler step on fp16 trainable weights raises "Attempting to unscale FP16 gradients"
+    assert math.isfinite(tr.run()["loss"])
+    assert tr.scaler.get_scale() > 0
 
 
 def test_resume_continues_bit_for_bit(rows, tmp_path):
@@ -259,3 +270,18 @@ def test_export_then_merge_then_generate(run, tmp_path):
     assert r.exit_code == 0 and r.output.strip(), r.output
     r = CliRunner().invoke(main, ["mm", "generate", "--model", str(run), "--image", str(image)])
     assert r.exit_code == 2 and "--requests" in r.output
+
+
+def test_bad_requests_are_one_line_errors(run, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished, ignore=shutil.ignore_patterns("adapter"))
+    r = CliRunner().invoke(main, ["mm", "export", str(unfinished), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert f"{unfinished / 'adapter'}: no adapters" in r.output
+    assert not (tmp_path / "e").exists()
+    r = CliRunner().invoke(main, ["mm", "train-ddpo", "--model", str(run / "start"), "--out",
+                                  str(tmp_path / "r")])
+    assert r.exit_code == 2 and "--data is required" in r.output
+    r = CliRunner().invoke(main, ["mm", "train-ddpo", "--tiny", "--out", str(run), "--steps", "1"])
+    assert r.exit_code == 2 and "exists and is not empty" in r.output
+    assert (run / "adapter").is_dir()  # nothing lost
