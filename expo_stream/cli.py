@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -385,6 +386,8 @@ def mm() -> None:
         raise click.ClickException("the mm commands need the [mm] extra: "
                                    "pip install 'expo-stream[mm]'") from None
     hf_logging.disable_progress_bar()  # one line per result, as the other commands print
+    # raised inside transformers on peft's behalf; nothing the user can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
 
 
 def _tokenizer(spec: str):
