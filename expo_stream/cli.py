@@ -465,14 +465,14 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
                seed, resume, overwrite) -> None:
     """DDPO: LoRA on the LLM's attention + the projector, token weights from RLHF-V segments."""
     from .multimodal import data as mmdata
-    from .multimodal.model import read_run, start_model
+    from .multimodal.model import load_processor, read_run, start_model, start_of
     from .multimodal.tiny import toy_rows
     from .multimodal.train import TrainConfig, train_ddpo as run
 
     if resume:
         source = read_run(out)["data"]
         net = processor = None
-        tokenizer = _tokenizer("tiny") if "tiny" in source else None
+        tokenizer = load_processor(start_of(out)).tokenizer
     else:
         source = ({"path": str(data.resolve())} if data is not None
                   else {"tiny": 32} if tiny else None)
@@ -480,10 +480,6 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
             raise UsageError("--data is required (or --tiny for the toy data)")
         net, processor = start_model(tiny=tiny, vision=vision, llm=llm, model=model, seed=seed)
         tokenizer = processor.tokenizer
-    if tokenizer is None:
-        from .multimodal.model import load_model_dir, start_of
-
-        tokenizer = load_model_dir(start_of(out))[1].tokenizer
     rows = toy_rows(source["tiny"]) if "tiny" in source else source["path"]
     dataset = mmdata.train_split(rows, tokenizer)
     config = TrainConfig(lr=lr if lr is not None else (1e-3 if tiny else 2e-6), epochs=epochs,

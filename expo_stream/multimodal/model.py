@@ -114,10 +114,16 @@ def _compose(vision_path: Path, llm_path: Path):
     return net, make_processor(tokenizer, image_processor, config)
 
 
+def load_processor(path: str | Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path)
+
+
 def load_model_dir(path: str | Path):
     """An exported or downloaded LLaVA model directory as ``(model, processor)``."""
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -127,7 +133,7 @@ def load_model_dir(path: str | Path):
         raise FormatError(f"{path}/config.json: model_type is {config.get('model_type')!r}, "
                           "expected 'llava'")
     net = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    return net, AutoProcessor.from_pretrained(path)
+    return net, load_processor(path)
 
 
 def add_adapters(net, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05):
@@ -141,8 +147,8 @@ def add_adapters(net, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05):
 
 def projector_of(net):
     """The projector module a forward pass uses (the trained copy inside a PEFT model)."""
-    module = net.get_submodule(f"model.{PROJECTOR}") if not hasattr(net, "peft_config") else \
-        net.base_model.model.get_submodule(f"model.{PROJECTOR}")
+    root = net.base_model.model if hasattr(net, "peft_config") else net
+    module = root.get_submodule(f"model.{PROJECTOR}")
     if hasattr(module, "modules_to_save"):
         return module.modules_to_save[module.active_adapters[0]]
     return module
@@ -174,6 +180,7 @@ def load_trained(path: str | Path, adapter: str | Path | None = None):
     For a run directory the adapters are merged into the start model and the projector is checked
     bit for bit against ``projector.safetensors`` (what inference uses is what training saved).
     """
+    import torch
     from peft import PeftModel
     from safetensors.torch import load_file
 
@@ -188,8 +195,6 @@ def load_trained(path: str | Path, adapter: str | Path | None = None):
     merged = PeftModel.from_pretrained(net, adapter).merge_and_unload()
     saved = load_file(adapter.parent / PROJECTOR_FILE)
     got = projector_state(merged)
-    import torch
-
     if saved.keys() != got.keys() or any(not torch.equal(saved[k], got[k]) for k in saved):
         raise FormatError(f"{adapter}: the projector in the adapters differs from "
                           f"{adapter.parent / PROJECTOR_FILE}")

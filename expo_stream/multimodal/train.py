@@ -38,7 +38,7 @@ from pathlib import Path
 from ..errors import TrainingError, UsageError
 from . import ddpo
 from .model import (ADAPTER_DIR, PROJECTOR_FILE, RUN_FILE, START_DIR, add_adapters,
-                    load_model_dir, projector_state, read_run)
+                    load_model_dir, projector_state, read_run, start_of)
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +350,7 @@ def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, start
     if resume:
         run = read_run(out)
         config = TrainConfig.from_dict(run["config"])
-        net, processor = load_model_dir(Path(run["start"]) if Path(run["start"]).is_absolute()
-                                        else out / run["start"])
+        net, processor = load_model_dir(start_of(out))
     else:
         if out.exists() and any(out.iterdir()):
             if not overwrite:
