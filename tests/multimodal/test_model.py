@@ -89,3 +89,17 @@ def test_autocast_names_its_device():
     ctx = autocast("bf16", torch.device("cpu"))
     assert ctx.device == "cpu" and ctx.fast_dtype == torch.bfloat16
     assert not hasattr(autocast("fp32", torch.device("cpu")), "fast_dtype")
+
+
+def test_train_from_an_existing_llava_dir(tmp_path):
+    net, processor = start_model(tiny=True)
+    net.save_pretrained(tmp_path / "llava")
+    processor.save_pretrained(tmp_path / "llava")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["mm", "train-ddpo", "--model", str(tmp_path / "llava"), "--data",
+                                  str(_toy_parquet(tmp_path)), "--steps", "1", "--batch-size", "2",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    run = json.loads((out / "expo_mm_run.json").read_text())
+    assert run["start"] == str((tmp_path / "llava").resolve()) and not (out / "start").exists()
+    assert run["config"]["lr"] == 2e-6 and run["finished_step"] == 1  # the seed's default lr
