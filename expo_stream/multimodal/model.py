@@ -89,6 +89,8 @@ def _compose(vision_path: Path, llm_path: Path):
             raise UsageError(f"{path}: not a model directory (no config.json)")
     vision = CLIPVisionModel.from_pretrained(vision_path, dtype=torch.float32)
     llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=torch.float32)
+    for path, part in ((vision_path, vision), (llm_path, llm)):
+        _dense_config(path, part)
     tokenizer = AutoTokenizer.from_pretrained(llm_path)
     if "<image>" not in tokenizer.get_vocab():
         tokenizer.add_tokens(["<image>"], special_tokens=True)
@@ -118,6 +120,21 @@ def load_processor(path: str | Path):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(path)
+
+
+def _dense_config(path: Path, part) -> None:
+    """Refuse packed quantized weights; drop a stale ``quantization_config`` from dense ones.
+
+    A model re-saved from GGUF keeps ``quantization_config: {quant_method: gguf}`` although its
+    weights are plain floats; carried into the LLaVA config it would make the composed model
+    "quantized" and unsaveable.
+    """
+    packed = sorted({str(p.dtype) for p in part.parameters() if not p.dtype.is_floating_point})
+    if packed:
+        raise UsageError(f"{path}: quantized weights ({', '.join(packed)}); compose from "
+                         "full-precision checkpoints")
+    if getattr(part.config, "quantization_config", None) is not None:
+        del part.config.quantization_config
 
 
 def load_model_dir(path: str | Path):

