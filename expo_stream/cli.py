@@ -450,11 +450,12 @@ def preprocess(source, out, tokenizer_spec, fraction, test_size, overwrite) -> N
               help="Sequence score: weighted mean (RLHF-V eq. 5) or weighted sum (released code).")
 @click.option("--max-prompt-length", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--max-response-length", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              show_default=True, help="bf16: autocast, no GradScaler; fp16: autocast + GradScaler.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Default: fp32 on CPU, bf16 on CUDA (fp16 + GradScaler without bf16). "
+                   "bf16: autocast, no GradScaler; fp16: autocast + GradScaler.")
 @click.option("--lora-rank", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--save-every", type=click.IntRange(1), help="Also checkpoint every N steps.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1...")
+@click.option("--device", help="cpu, cuda, cuda:1... (default: CUDA if present).")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True)
@@ -467,7 +468,8 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
     from .multimodal import data as mmdata
     from .multimodal.model import load_processor, read_run, start_model, start_of
     from .multimodal.tiny import toy_rows
-    from .multimodal.train import TrainConfig, train_ddpo as run
+    from .multimodal.train import TrainConfig, default_device, default_precision
+    from .multimodal.train import train_ddpo as run
 
     if resume:
         source = read_run(out)["data"]
@@ -481,15 +483,17 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
         net, processor = start_model(tiny=tiny, vision=vision, llm=llm, model=model, seed=seed)
         tokenizer = processor.tokenizer
     rows = toy_rows(source["tiny"]) if "tiny" in source else source["path"]
-    dataset = mmdata.train_split(rows, tokenizer)
+    dataset, eval_dataset = mmdata.splits(rows, tokenizer)
+    device = device or default_device()
     config = TrainConfig(lr=lr if lr is not None else (1e-3 if tiny else 2e-6), epochs=epochs,
                          batch_size=batch_size, micro_batch_size=micro_batch_size,
                          weight_decay=weight_decay, warmup_ratio=warmup_ratio, beta=beta,
                          gamma=gamma, reduction=reduction, max_prompt_length=max_prompt_length,
                          max_response_length=max_response_length, max_steps=steps,
-                         precision=precision, lora_rank=lora_rank, lora_alpha=2 * lora_rank,
+                         precision=precision or default_precision(device), lora_rank=lora_rank,
+                         lora_alpha=2 * lora_rank,
                          save_every=save_every, seed=seed)
-    metrics = run(out, net=net, processor=processor, dataset=dataset,
+    metrics = run(out, net=net, processor=processor, dataset=dataset, eval_dataset=eval_dataset,
                   start=model, data_source=source, config=config, device=device,
                   resume=resume, overwrite=overwrite)
     click.echo(f"step {metrics.get('step')}: loss {metrics.get('loss', float('nan')):.6f}, reward "

@@ -272,12 +272,16 @@ def preprocess(source, out, tokenizer, *, fraction: float = 1.0, test_size: floa
     return report
 
 
-def train_split(source, tokenizer):
-    """The ``train`` split of a saved ``DatasetDict``, or of raw data preprocessed in memory."""
+def splits(source, tokenizer):
+    """``(train, test or None)`` of a saved ``DatasetDict``, or of raw data preprocessed in memory
+    (then there is no test split)."""
     import datasets
 
     if isinstance(source, (str, Path)) and (Path(source) / "dataset_dict.json").is_file():
-        return datasets.load_from_disk(str(source))["train"]
+        saved = datasets.load_from_disk(str(source))
+        if "train" not in saved:
+            raise FormatError(f"{source}: no `train` split (has {', '.join(saved)})")
+        return saved["train"], saved.get("test")
     dataset, report = build(source, tokenizer)
     log.info("preprocessed in memory: %s", report.summary())
-    return dataset["train"]
+    return dataset["train"], None

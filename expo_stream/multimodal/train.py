@@ -18,8 +18,9 @@ training stops with a :class:`TrainingError`.
 
 Layout of ``--out``: ``expo_mm_run.json`` (start model, data, config), ``start/`` (when the start
 model was built here), ``checkpoints/step-N/`` (each epoch end and every ``save_every`` steps:
-adapters, projector, processor, model and training config, optimizer, trainer state), then at the end ``adapter/``,
-``projector.safetensors``, ``metrics.jsonl`` and ``metrics.png``.
+adapters, projector, processor, model and training config, optimizer, trainer state), then at
+the end ``adapter/``, ``projector.safetensors``, ``metrics.jsonl`` (per step),
+``eval_metrics.jsonl`` (the ``test`` split, at each epoch end and the end) and ``metrics.png``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 METRICS_FILE = "metrics.jsonl"
+EVAL_METRICS_FILE = "eval_metrics.jsonl"
 STATE_FILE = "trainer_state.json"
 
 
@@ -102,6 +104,21 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step + 1) / (total - warmup))
 
 
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_precision(device: str) -> str:
+    """fp32 on CPU; on CUDA bf16 where the GPU has it (Ampere on), else fp16 with a GradScaler."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def autocast(precision: str, device):
     import torch
 
@@ -115,10 +132,11 @@ class Trainer:
     """One DDPO run: ``Trainer(...).run()``; see the module docstring for what it writes."""
 
     def __init__(self, net, processor, dataset, out: Path, config: TrainConfig, *,
-                 device: str = "cpu", resume: bool = False):
+                 device: str = "cpu", resume: bool = False, eval_dataset=None):
         import torch
 
         self.config, self.out, self.dataset = config, Path(out), dataset
+        self.eval_dataset = eval_dataset
         self.processor, self.device = processor, torch.device(device)
         self.model_config = net.config
         torch.manual_seed(config.seed)
@@ -159,11 +177,15 @@ class Trainer:
                 if epoch_done:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
+                if epoch_done:
+                    self.evaluate()
                 every = self.config.save_every
                 if epoch_done or (every and self.state.step % every == 0):
                     self.save_checkpoint()
                 if epoch_done:
                     break
+        if self.state.batch_in_epoch:  # stopped by max_steps inside an epoch
+            self.evaluate()
         self._save_final()
         return last
 
@@ -204,17 +226,32 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step = step
-        losses, chosen, rejected = (torch.cat(x) for x in zip(*stats))
         metrics = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
-                   "loss": losses.mean().item(), "rewards/chosen": chosen.mean().item(),
-                   "rewards/rejected": rejected.mean().item(),
-                   "rewards/accuracy": (chosen > rejected).double().mean().item(),
-                   "rewards/margin": (chosen - rejected).mean().item(), "lr": lr,
-                   "micro_batch": self.state.micro_batch_size}
-        with open(self.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+                   **summarize(stats), "lr": lr, "micro_batch": self.state.micro_batch_size}
+        _append(self.out / METRICS_FILE, metrics)
         log.info("step %d/%d loss %.6f acc %.3f", step, self.total, metrics["loss"],
                  metrics["rewards/accuracy"])
+        return metrics
+
+    def evaluate(self) -> dict | None:
+        """Loss, reward accuracy and margins on the eval split (``eval_metrics.jsonl``)."""
+        import torch
+
+        if not self.eval_dataset:
+            return None
+        cfg, stats = self.config, []
+        self.net.eval()
+        with torch.no_grad(), autocast(cfg.precision, self.device):
+            for start in range(0, len(self.eval_dataset), self.state.micro_batch_size):
+                end = min(start + self.state.micro_batch_size, len(self.eval_dataset))
+                batch = self.batch([self.eval_dataset[i] for i in range(start, end)])
+                with self.net.disable_adapter():
+                    reference = ddpo.scores(self.net, batch, cfg.reduction)
+                policy = ddpo.scores(self.net, batch, cfg.reduction)
+                stats.append(ddpo.ddpo_loss(policy, reference, cfg.beta))
+        self.net.train()
+        metrics = {"step": self.state.step, **summarize(stats)}
+        _append(self.out / EVAL_METRICS_FILE, metrics)
         return metrics
 
     def _accumulate(self, samples: list[dict]):
@@ -290,11 +327,11 @@ class Trainer:
             self.scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["torch_rng"])
         self.state = State(**json.loads((ckpt / STATE_FILE).read_text()))
-        metrics = self.out / METRICS_FILE
-        if metrics.is_file():  # drop lines logged after the checkpoint
-            kept = [line for line in metrics.read_text().splitlines()
-                    if json.loads(line)["step"] <= self.state.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        for metrics in (self.out / METRICS_FILE, self.out / EVAL_METRICS_FILE):
+            if metrics.is_file():  # drop lines logged after the checkpoint
+                kept = [line for line in metrics.read_text().splitlines()
+                        if json.loads(line)["step"] <= self.state.step]
+                metrics.write_text("".join(line + "\n" for line in kept))
         log.info("resumed from %s (step %d)", ckpt, self.state.step)
 
     def _save_final(self) -> None:
@@ -314,6 +351,22 @@ class Trainer:
         (self.out / RUN_FILE).write_text(json.dumps(run, indent=1) + "\n")
 
 
+def summarize(stats) -> dict:
+    """Mean loss and rewards over ``(loss, chosen_rewards, rejected_rewards)`` batches."""
+    import torch
+
+    losses, chosen, rejected = (torch.cat(x) for x in zip(*stats, strict=True))
+    return {"loss": losses.mean().item(), "rewards/chosen": chosen.mean().item(),
+            "rewards/rejected": rejected.mean().item(),
+            "rewards/accuracy": (chosen > rejected).double().mean().item(),
+            "rewards/margin": (chosen - rejected).mean().item()}
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def plot_metrics(metrics: Path, png: Path) -> None:
     """Loss, reward accuracy and margin per step."""
     import matplotlib
@@ -322,10 +375,14 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    steps = [r["step"] for r in rows]
+    evals = metrics.with_name(EVAL_METRICS_FILE)
+    evals = [json.loads(line) for line in evals.read_text().splitlines()] if evals.is_file() else []
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, key in zip(axes, ("loss", "rewards/accuracy", "rewards/margin")):
-        ax.plot(steps, [r[key] for r in rows], marker=".")
+    for ax, key in zip(axes, ("loss", "rewards/accuracy", "rewards/margin"), strict=True):
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".", label="train")
+        if evals:
+            ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label="eval")
+            ax.legend()
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -333,14 +390,15 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, start=None,
-               data_source=None, config: TrainConfig = TrainConfig(), device: str = "cpu",
-               resume: bool = False, overwrite: bool = False) -> dict:
+def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, eval_dataset=None,
+               start=None, data_source=None, config: TrainConfig = TrainConfig(),
+               device: str = "cpu", resume: bool = False, overwrite: bool = False) -> dict:
     """Train, checkpoint and save a DDPO run in ``out``; returns the last step's metrics.
 
     Args:
         net, processor: the start model (:func:`.model.start_model`); ignored on resume.
         dataset: the ``train`` split of a preprocessed dataset (:mod:`.data`).
+        eval_dataset: its ``test`` split, if any: evaluated at each epoch end and at the end.
         start: the start model's directory if it is on disk already; otherwise the model is
             saved to ``out/start`` so export and merge have it.
         data_source: how the data was given, recorded in ``expo_mm_run.json``.
@@ -367,5 +425,6 @@ def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, start
         (out / RUN_FILE).write_text(json.dumps(run, indent=1) + "\n")
     if len(dataset) == 0:
         raise UsageError("the training split is empty")
-    trainer = Trainer(net, processor, dataset, out, config, device=device, resume=resume)
+    trainer = Trainer(net, processor, dataset, out, config, device=device, resume=resume,
+                      eval_dataset=eval_dataset)
     return trainer.run()

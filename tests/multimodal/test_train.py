@@ -285,3 +285,27 @@ def test_bad_requests_are_one_line_errors(run, tmp_path):
     r = CliRunner().invoke(main, ["mm", "train-ddpo", "--tiny", "--out", str(run), "--steps", "1"])
     assert r.exit_code == 2 and "exists and is not empty" in r.output
     assert (run / "adapter").is_dir()  # nothing lost
+
+
+def test_eval_split_is_scored_at_epoch_ends(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(toy_rows(16)), tmp_path / "toy.parquet")
+    r = CliRunner().invoke(main, ["mm", "preprocess", str(tmp_path / "toy.parquet"), "--out",
+                                  str(tmp_path / "ds"), "--tokenizer", "tiny", "--test-size", "0.25"])
+    assert r.exit_code == 0 and "(train 12, test 4)" in r.output, r.output
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["mm", "train-ddpo", "--tiny", "--data", str(tmp_path / "ds"),
+                                  "--batch-size", "4", "--steps", "5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    evals = [json.loads(x) for x in (out / "eval_metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [3, 5]  # end of epoch 1, then where --steps stopped
+    assert evals[-1]["rewards/margin"] > 0
+
+
+def test_evaluate_before_training_is_log2(rows, tmp_path):
+    tr = trainer(tmp_path, rows, max_steps=1)
+    tr.eval_dataset = [rows[i] for i in range(5)]  # an odd count: a short last micro-batch
+    m = tr.evaluate()
+    assert m["step"] == 0 and m["loss"] == math.log(2) and m["rewards/accuracy"] == 0.0
