@@ -177,7 +177,6 @@ class Trainer:
                 if epoch_done:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
-                if epoch_done:
                     self.evaluate()
                 every = self.config.save_every
                 if epoch_done or (every and self.state.step % every == 0):
