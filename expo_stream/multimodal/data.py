@@ -30,7 +30,7 @@ from pathlib import Path
 import xxhash
 
 from ..errors import FormatError, UsageError
-from .segments import char_spans, corrected_token_ranges
+from .segments import char_spans, corrected_token_ranges, tokenize_with_offsets
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +172,11 @@ def _image_bytes(image, base: Path) -> bytes:
 
 def segments(tokenizer, chosen: str, rejected: str) -> tuple[list[list[int]], list[list[int]]]:
     """Character spans of the corrected segments in chosen and rejected (see :mod:`.segments`)."""
-    enc_c = tokenizer(chosen, add_special_tokens=False, return_offsets_mapping=True)
-    enc_r = tokenizer(rejected, add_special_tokens=False, return_offsets_mapping=True)
-    ranges_c, ranges_r = corrected_token_ranges(enc_c["input_ids"], enc_r["input_ids"])
-    return ([list(s) for s in char_spans(enc_c["offset_mapping"], ranges_c)],
-            [list(s) for s in char_spans(enc_r["offset_mapping"], ranges_r)])
+    ids_c, offsets_c = tokenize_with_offsets(tokenizer, chosen)
+    ids_r, offsets_r = tokenize_with_offsets(tokenizer, rejected)
+    ranges_c, ranges_r = corrected_token_ranges(ids_c, ids_r)
+    return ([list(s) for s in char_spans(offsets_c, ranges_c)],
+            [list(s) for s in char_spans(offsets_r, ranges_r)])
 
 
 def _rank(key: str, salt: str) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError, UsageError
 from .model import num_image_tokens
-from .segments import token_weights
+from .segments import token_weights, tokenize_with_offsets
 
 REDUCTIONS = ("mean", "sum")
 LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
@@ -84,9 +84,9 @@ def encode_prompt(processor, config, question: str, image, *, max_prompt_length:
 
 def encode_response(tokenizer, text: str, spans, gamma: float, max_length: int = 256):
     """Response ids (no special tokens, then EOS) and their weights, cut to ``max_length``."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"]) + [tokenizer.eos_token_id]
-    weights = token_weights(enc["offset_mapping"], [tuple(s) for s in spans], gamma) + [1.0]
+    ids, offsets = tokenize_with_offsets(tokenizer, text)
+    ids.append(tokenizer.eos_token_id)
+    weights = token_weights(offsets, [tuple(s) for s in spans], gamma) + [1.0]
     return ids[:max_length], weights[:max_length]
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
+from ..errors import UsageError
+
 MIN_MATCH = 3
 
 Span = tuple[int, int]
@@ -70,3 +72,16 @@ def token_weights(offsets: Sequence[Span], spans: Sequence[Span], gamma: float) 
         hit = hi > lo and any(lo < s_end and s_start < hi for s_start, s_end in spans)
         weights.append(float(gamma) if hit else 1.0)
     return weights
+
+
+def tokenize_with_offsets(tokenizer, text: str) -> tuple[list[int], list[Span]]:
+    """Token ids (no special tokens) and character offsets; needs a fast tokenizer.
+
+    Raises:
+        UsageError: a slow (Python) tokenizer, which has no offset mapping.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise UsageError(f"{tokenizer.name_or_path}: corrected segments need a fast tokenizer "
+                         "(offset mapping); install `tokenizers` and load it with use_fast=True")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]

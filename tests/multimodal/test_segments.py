@@ -47,3 +47,15 @@ def test_tiny_tokenizer_marks_the_colour_word():
     c, r = segments(tiny_tokenizer(), chosen, rejected)
     assert [chosen[a:b] for a, b in c] == ["green"]
     assert [rejected[a:b] for a, b in r] == ["blue"]
+
+
+def test_a_slow_tokenizer_is_refused_by_name():
+    from expo_stream.errors import UsageError
+    from expo_stream.multimodal.segments import tokenize_with_offsets
+
+    class Slow:
+        is_fast = False
+        name_or_path = "open_llama_3b"
+
+    with pytest.raises(UsageError, match="open_llama_3b: corrected segments need a fast tokenizer"):
+        tokenize_with_offsets(Slow(), "text")
