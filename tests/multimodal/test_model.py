@@ -93,7 +93,7 @@ def test_autocast_names_its_device():
 
 def test_train_from_an_existing_llava_dir(tmp_path):
     net, processor = start_model(tiny=True)
-    net.save_pretrained(tmp_path / "llava")
+    net.to(torch.bfloat16).save_pretrained(tmp_path / "llava")  # as checkpoints often ship
     processor.save_pretrained(tmp_path / "llava")
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["mm", "train-ddpo", "--model", str(tmp_path / "llava"), "--data",
@@ -103,3 +103,14 @@ def test_train_from_an_existing_llava_dir(tmp_path):
     run = json.loads((out / "expo_mm_run.json").read_text())
     assert run["start"] == str((tmp_path / "llava").resolve()) and not (out / "start").exists()
     assert run["config"]["lr"] == 2e-6 and run["finished_step"] == 1  # the seed's default lr
+    # the export keeps the small DDPO update: fp32, whatever the start model's dtype
+    r = CliRunner().invoke(main, ["mm", "export", str(out), "--out", str(tmp_path / "exp")])
+    assert r.exit_code == 0, r.output
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "exp" / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    r = CliRunner().invoke(main, ["merge", "--sft", str(tmp_path / "llava"), "--dpo",
+                                  str(tmp_path / "exp"), "--out", str(tmp_path / "expo"),
+                                  "--alpha", "0.3", "--dtype", "bf16", "--quiet"])
+    assert r.exit_code == 0, r.output  # bf16 start with fp32 trained model, rounded once
