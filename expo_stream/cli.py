@@ -380,11 +380,15 @@ def demo(directory: Path, alpha: str, backend: str) -> None:
 @main.group()
 def mm() -> None:
     """Multimodal DDPO (RLHF-V) on a LLaVA-style CLIP + LLM model; needs the [mm] extra."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        raise click.ClickException("the mm commands need the [mm] extra: "
-                                   "pip install 'expo-stream[mm]'") from None
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "peft", "datasets", "PIL", "pyarrow")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(f"the mm commands need {', '.join(missing)}: "
+                                   "pip install 'expo-stream[mm]' (torch first)")
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # one line per result, as the other commands print
     # raised inside transformers on peft's behalf; nothing the user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)

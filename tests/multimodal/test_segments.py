@@ -59,3 +59,4 @@ def test_a_slow_tokenizer_is_refused_by_name():
 
     with pytest.raises(UsageError, match="open_llama_3b: corrected segments need a fast tokenizer"):
         tokenize_with_offsets(Slow(), "text")
+
