@@ -258,3 +258,18 @@ def test_short_alpha_exact_ties(alpha):
     assert ties > 100  # the exact-tie shortcut is exercised
     for backend in AVAILABLE:
         assert np.array_equal(bits(extrapolate(d, s, alpha, backend=backend)), expected), backend
+
+
+@pytest.mark.parametrize("dpo_name,sft_name,d,s", [
+    ("BF16", "BF16", 0.00048065185546875, 0.00116729736328125),
+    ("F16", "F16", 0.4443359375, 1.0791015625),
+])
+def test_cancellation_to_a_tiny_result_inside_full_groups(dpo_name, sft_name, d, s):
+    """d + α(d − s) cancels to ~1e-20 at α = 0.7 (α's binary error is all that is left), so the
+    rounded sum r is up to half its own size away from x. Found by bench/crosscheck_kernels.py: a
+    second fast stage that trusted r's cell there got it wrong; a lone element (the tail path) did
+    not show it, so the values fill whole groups of eight here."""
+    dpo = np.full(64, d, DTYPES[dpo_name])
+    sft = np.full(64, s, DTYPES[sft_name])
+    for out_name in ("BF16", "F16", "F32"):
+        check(dpo, sft, 0.7, out_name)
