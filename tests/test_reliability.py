@@ -290,22 +290,30 @@ def test_killed_merges_resume_to_identical_bytes(tmp_path):
     sft, dpo, _, _ = tiny_pair(tmp_path, config=config, dpo_shard=30_000)
     before = snapshot(sft, dpo)
     reference = tmp_path / "reference"
-    # Kill points are spread over one merge's duration: the fastest of three runs, since one
-    # slow sample (a busy machine, a cold cache) would put most kills after the merge ended.
-    durations = []
+    staging = tmp_path / ".reference.expo-partial"
+    # Kill points are spread over the part of a merge that writes: from the staging directory's
+    # appearance (after imports and planning) to the end, taken from the fastest of three runs;
+    # a wall-clock range from 0 put many kills into the interpreter's start or after the end.
+    runs = []
     for _ in range(3):
         shutil.rmtree(reference, ignore_errors=True)
         t0 = time.perf_counter()
-        subprocess.run(_merge_cmd(sft, dpo, reference), check=True)
-        durations.append(time.perf_counter() - t0)
-    full = min(durations)
+        proc = subprocess.Popen(_merge_cmd(sft, dpo, reference))
+        writing = None
+        while proc.poll() is None:
+            if writing is None and staging.exists():
+                writing = time.perf_counter() - t0
+            time.sleep(0.002)
+        assert proc.returncode == 0
+        runs.append((time.perf_counter() - t0, writing or 0.0))
+    full, writing = min(runs)
     expected = {p.name: p.read_bytes() for p in reference.iterdir()
                 if p.suffix == ".safetensors" or p.name.endswith("index.json")}
     rng = random.Random(1234)
     kills = resumed_with_work = 0
     for point in range(20):
         out = tmp_path / f"out{point}"
-        delay = rng.uniform(0.1, full)
+        delay = rng.uniform(writing, writing + 0.9 * (full - writing))
         proc = subprocess.Popen(_merge_cmd(sft, dpo, out))
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
