@@ -166,6 +166,22 @@ class Staging:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def publish(out: Path, write, *, inputs=(), overwrite: bool = False) -> Path:
+    """Write a directory with ``write(path)`` into a fresh staging directory, then publish it.
+
+    Nothing is left at ``out`` or beside it when ``write`` raises. Raises what :class:`Staging`
+    raises for an existing ``out`` (without ``overwrite``) or an unwritable parent.
+    """
+    staging = Staging(Path(out), list(inputs), overwrite)
+    staging.reset()
+    try:
+        write(staging.path)
+        return staging.commit()
+    except BaseException:
+        staging.abort()
+        raise
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -19,10 +19,9 @@ report with its file and row number; nothing is dropped without a line in the re
 from __future__ import annotations
 
 import io
+import os
 import json
 import logging
-import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import xxhash
 
 from ..errors import FormatError, UsageError
+from ..format.writer import publish
 from .segments import char_spans, corrected_token_ranges, tokenize_with_offsets
 
 log = logging.getLogger(__name__)
@@ -254,22 +254,16 @@ def preprocess(source, out, tokenizer, *, fraction: float = 1.0, test_size: floa
 
     The dataset is written to a hidden sibling and renamed into place when complete.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: exists (use --overwrite to replace it)")
-    dataset, report = build(source, tokenizer, fraction=fraction, test_size=test_size)
-    staging = out.with_name(f".{out.name}.expo-partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        dataset.save_to_disk(str(staging))
-        (staging / REPORT_NAME).write_text(json.dumps(report.as_dict(), indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return report
+    reports = []
+
+    def write(path: Path) -> None:
+        dataset, report = build(source, tokenizer, fraction=fraction, test_size=test_size)
+        dataset.save_to_disk(str(path))
+        (path / REPORT_NAME).write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+        reports.append(report)
+
+    publish(Path(out), write, inputs=[Path(source)], overwrite=overwrite)
+    return reports[0]
 
 
 def splits(source, tokenizer):

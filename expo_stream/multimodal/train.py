@@ -238,37 +238,38 @@ class Trainer:
 
         if not self.eval_dataset:
             return None
-        cfg, stats = self.config, []
+        stats = []
         self.net.eval()
-        with torch.no_grad(), autocast(cfg.precision, self.device):
+        with torch.no_grad():
             for start in range(0, len(self.eval_dataset), self.state.micro_batch_size):
                 end = min(start + self.state.micro_batch_size, len(self.eval_dataset))
-                batch = self.batch([self.eval_dataset[i] for i in range(start, end)])
-                with self.net.disable_adapter():
-                    reference = ddpo.scores(self.net, batch, cfg.reduction)
-                policy = ddpo.scores(self.net, batch, cfg.reduction)
-                stats.append(ddpo.ddpo_loss(policy, reference, cfg.beta))
+                stats.append(self._losses(self.batch([self.eval_dataset[i]
+                                                      for i in range(start, end)])))
         self.net.train()
         metrics = {"step": self.state.step, **summarize(stats)}
         _append(self.out / EVAL_METRICS_FILE, metrics)
         return metrics
 
     def _accumulate(self, samples: list[dict]):
-        import torch
-
-        cfg, n, micro = self.config, len(samples), self.state.micro_batch_size
+        n, micro = len(samples), self.state.micro_batch_size
         stats = []
         for start in range(0, n, micro):
-            batch = self.batch(samples[start:start + micro])
-            with torch.no_grad(), self.net.disable_adapter(), autocast(cfg.precision, self.device):
-                reference = ddpo.scores(self.net, batch, cfg.reduction)
-            with autocast(cfg.precision, self.device):
-                policy = ddpo.scores(self.net, batch, cfg.reduction)
-            loss, chosen, rejected = ddpo.ddpo_loss(policy, reference, cfg.beta)
+            loss, chosen, rejected = self._losses(self.batch(samples[start:start + micro]))
             scaled = loss.sum() / n
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             stats.append((loss.detach(), chosen, rejected))
         return stats
+
+    def _losses(self, batch: dict):
+        """Per-pair DDPO loss and rewards: the reference is this forward with adapters off."""
+        import torch
+
+        cfg = self.config
+        with torch.no_grad(), self.net.disable_adapter(), autocast(cfg.precision, self.device):
+            reference = ddpo.scores(self.net, batch, cfg.reduction)
+        with autocast(cfg.precision, self.device):
+            policy = ddpo.scores(self.net, batch, cfg.reduction)
+        return ddpo.ddpo_loss(policy, reference, cfg.beta)
 
     def batch(self, samples: list[dict]) -> dict:
         """Encode and collate samples, on the training device."""
