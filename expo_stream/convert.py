@@ -89,7 +89,7 @@ def _to_numpy(src: Path, name: str, tensor) -> np.ndarray:
     import torch
 
     if not isinstance(tensor, torch.Tensor):
-        raise FormatError(f"{src}: entry `{name}` is a {type(tensor).__name__}, not a tensor")
+        raise FormatError(f"{src}: entry {name!r} is a {type(tensor).__name__}, not a tensor")
     tensor = tensor.detach().contiguous()
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)

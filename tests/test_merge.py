@@ -128,7 +128,7 @@ def test_non_float_tensors_are_copied_and_unmatched_need_a_flag(tmp_path):
     sft_dir, dpo_dir, sft, dpo = tiny_pair(tmp_path, extra=extra)
     r = run("merge", "--sft", sft_dir, "--dpo", dpo_dir, "--out", tmp_path / "out", "--alpha", "0.3")
     assert r.exit_code == 1
-    assert "only in DPO" in r.output and "`extra.only_dpo`" in r.output
+    assert "only in DPO" in r.output and "'extra.only_dpo'" in r.output
     assert not (tmp_path / "out").exists()
     r = run("merge", "--sft", sft_dir, "--dpo", dpo_dir, "--out", tmp_path / "out", "--alpha",
             "0.3", "--copy-unmatched", "--quiet")

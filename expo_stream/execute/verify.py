@@ -89,13 +89,13 @@ def _verify_one(directory: Path, sample: int, seed: int, backend: str) -> Verify
         for name in names:
             entry = recipe["tensors"].get(name)
             if entry is None:
-                report.problems.append(f"tensor `{name}` is not in the recipe")
+                report.problems.append(f"tensor {name!r} is not in the recipe")
                 continue
             problem = _recompute(name, entry, checkpoint.tensors[name], dpo.tensors.get(name),
                                  sft.tensors.get(name), kernel, maps)
             report.tensors_recomputed.append(name)
             if problem:
-                report.problems.append(f"{checkpoint.tensors[name].path}: tensor `{name}`: {problem}")
+                report.problems.append(f"{checkpoint.tensors[name].path}: tensor {name!r}: {problem}")
     finally:
         for m in maps.values():
             m.close()

@@ -92,11 +92,11 @@ def _from_index(root: Path, index_path: Path) -> Checkpoint:
     for tensor, shard in weight_map.items():
         info = checkpoint.tensors.get(tensor)
         if info is None or info.path.name != shard:
-            raise FormatError(f"{root / shard}: index lists tensor `{tensor}` but the shard lacks it")
+            raise FormatError(f"{root / shard}: index lists tensor {tensor!r} but the shard lacks it")
     unlisted = [n for n in checkpoint.tensors if n not in weight_map]
     if unlisted:
         raise FormatError(
-            f"{checkpoint.tensors[unlisted[0]].path}: tensor `{unlisted[0]}` is not in {index_path.name}"
+            f"{checkpoint.tensors[unlisted[0]].path}: tensor {unlisted[0]!r} is not in {index_path.name}"
         )
     return checkpoint
 
@@ -108,7 +108,7 @@ def _from_files(root: Path, files: list[Path]) -> Checkpoint:
         for info in header.tensors:
             if info.name in tensors:
                 raise FormatError(
-                    f"{file}: tensor `{info.name}` also appears in {tensors[info.name].path.name}"
+                    f"{file}: tensor {info.name!r} also appears in {tensors[info.name].path.name}"
                 )
             tensors[info.name] = info
     return Checkpoint(root=root, files=tuple(files), tensors=tensors, config=_read_config(root))

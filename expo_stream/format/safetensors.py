@@ -107,7 +107,7 @@ def parse_header(path: Path, prefix: bytes, file_size: int) -> Header:
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _Duplicate as dup:
-        raise FormatError(f"{path}: header names tensor `{dup.args[0]}` twice") from None
+        raise FormatError(f"{path}: header names tensor {dup.args[0]!r} twice") from None
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"{path}: header is not valid JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(obj, dict):
@@ -132,7 +132,7 @@ def parse_header(path: Path, prefix: bytes, file_size: int) -> Header:
         if t.start != cursor:
             what = "overlaps the previous tensor" if t.start < cursor else "leaves a hole before it"
             raise FormatError(
-                f"{path}: invalid offsets for tensor `{t.name}`: begins at data byte "
+                f"{path}: invalid offsets for tensor {t.name!r}: begins at data byte "
                 f"{t.start - data_start} and {what} (expected {cursor - data_start})"
             )
         cursor = t.end
@@ -151,16 +151,16 @@ def parse_header(path: Path, prefix: bytes, file_size: int) -> Header:
 
 def _tensor_entry(path: Path, name: str, entry: object, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict):
-        raise FormatError(f"{path}: entry for tensor `{name}` is not an object")
+        raise FormatError(f"{path}: entry for tensor {name!r} is not an object")
     dtype = entry.get("dtype")
     if not isinstance(dtype, str) or dtype not in ITEMSIZE:  # a list here once crashed the lookup
-        raise FormatError(f"{path}: tensor `{name}` has unknown dtype {dtype!r}")
+        raise FormatError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(
         type(d) is int and d >= 0 for d in shape  # bool is an int subclass: exclude it
     ):
         raise FormatError(
-            f"{path}: tensor `{name}` has invalid shape {shape!r} (need non-negative integers)"
+            f"{path}: tensor {name!r} has invalid shape {shape!r} (need non-negative integers)"
         )
     offsets = entry.get("data_offsets")
     if (
@@ -169,7 +169,7 @@ def _tensor_entry(path: Path, name: str, entry: object, data_start: int) -> Tens
         or not all(type(o) is int and o >= 0 for o in offsets)
         or offsets[1] < offsets[0]
     ):
-        raise FormatError(f"{path}: tensor `{name}` has invalid data_offsets {offsets!r}")
+        raise FormatError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
     numel = 1
     for dim in shape:
         numel *= dim  # Python ints: no overflow to check, the size comparison bounds it
@@ -177,7 +177,7 @@ def _tensor_entry(path: Path, name: str, entry: object, data_start: int) -> Tens
     begin, end = offsets
     if end - begin != expected:
         raise FormatError(
-            f"{path}: tensor `{name}` is {dtype}{shape}, {expected} bytes, "
+            f"{path}: tensor {name!r} is {dtype}{shape}, {expected} bytes, "
             f"but its data_offsets span {end - begin}"
         )
     return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, data_start + end)
@@ -187,7 +187,7 @@ def encode_header(tensors, metadata: dict[str, str] | None = None) -> bytes:
     """The header for ``(name, dtype, shape)`` tensors laid out back to back in that order.
 
     Length prefix and JSON padded with spaces to a multiple of 8, as the reference writer does;
-    ``__metadata__`` defaults to ``{"format": "pt"}`` (what transformers writes).
+    ``__metadata__`` defaults to `{"format": "pt"!r}` (what transformers writes).
     """
     entries: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0

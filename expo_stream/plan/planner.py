@@ -111,7 +111,7 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
         raise PlanError(
             f"{dpo.root}: layer α given but no tensor name holds a layer index "
             f"(looked for `<stack>.layers.N.`, `.h.N.`, `.blocks.N.`; first tensor: "
-            f"`{next(iter(dpo.tensors), '')}`)"
+            f"{next(iter(dpo.tensors), '')!r})"
         )
     _check_layer_count(dpo, layers)
 
@@ -145,15 +145,15 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
 
 def _mismatch(name: str, s: TensorInfo, d: TensorInfo) -> str | None:
     if s.shape != d.shape:
-        return f"tensor `{name}`: shape {list(s.shape)} in SFT vs {list(d.shape)} in DPO"
+        return f"tensor {name!r}: shape {list(s.shape)} in SFT vs {list(d.shape)} in DPO"
     if is_float(s.dtype) != is_float(d.dtype):
-        return f"tensor `{name}`: dtypes {s.dtype} (SFT) and {d.dtype} (DPO) are not mergeable"
+        return f"tensor {name!r}: dtypes {s.dtype} (SFT) and {d.dtype} (DPO) are not mergeable"
     if is_float(d.dtype):
         for dt, side in ((s.dtype, "SFT"), (d.dtype, "DPO")):
             if dt not in MERGEABLE:
-                return f"tensor `{name}`: {side} dtype {dt} is not supported (BF16, F16, F32)"
+                return f"tensor {name!r}: {side} dtype {dt} is not supported (BF16, F16, F32)"
     elif s.dtype != d.dtype:
-        return f"tensor `{name}`: integer dtypes differ, {s.dtype} (SFT) vs {d.dtype} (DPO)"
+        return f"tensor {name!r}: integer dtypes differ, {s.dtype} (SFT) vs {d.dtype} (DPO)"
     return None
 
 
@@ -163,7 +163,7 @@ def _copy_job(name: str, d: TensorInfo, layer: LayerRef | None) -> TensorJob:
 
 
 def _names(what: str, names: list[str]) -> str:
-    shown = ", ".join(f"`{n}`" for n in names[:5])
+    shown = ", ".join(f"{n!r}" for n in names[:5])
     more = f" and {len(names) - 5} more" if len(names) > 5 else ""
     return f"{len(names)} tensor(s) {what}: {shown}{more}"
 
@@ -176,7 +176,7 @@ def _check_layer_count(dpo: Checkpoint, layers: dict[str, LayerRef]) -> None:
         if count != expected:
             raise PlanError(
                 f"{dpo.root / 'config.json'}: num_hidden_layers is {expected} but tensor names "
-                f"under `{stack}` hold {count} layers"
+                f"under {stack!r} hold {count} layers"
             )
 
 

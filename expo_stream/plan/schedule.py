@@ -118,7 +118,7 @@ class Schedule:
             if len(self.per_layer) != layer.count:
                 raise PlanError(
                     f"per-layer list has {len(self.per_layer)} values but stack "
-                    f"`{layer.stack}` has {layer.count} layers (tensor `{name}`)"
+                    f"{layer.stack!r} has {layer.count} layers (tensor {name!r})"
                 )
             return self.per_layer[layer.index], f"layer {layer.index}"
         j = group_of(layer.index, layer.count, len(self.layer_alphas))
