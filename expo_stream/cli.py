@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -15,8 +16,20 @@ from .execute.executor import DEFAULT_THREADS
 from .kernels import BACKENDS, describe_backend, resolve_backend
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def _errors(fn):
-    """Library errors become one line on stderr and the error's exit code (no traceback)."""
+    """Library errors become one line on stderr and the error's exit code (no traceback).
+
+    Ctrl-C exits 130 and SIGTERM 143 (128 + the signal, as shells report them), never 1, which
+    means bad data. A command that can resume attaches ``resume_hint`` to the interrupt.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, debug: bool = False, **kwargs):
@@ -27,6 +40,13 @@ def _errors(fn):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, Terminated) as exc:
+            if debug:
+                raise
+            sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+            hint = getattr(exc, "resume_hint", None)
+            click.echo(f"interrupted ({sig.name}){'; ' + hint if hint else ''}", err=True)
+            sys.exit(128 + sig)
 
     return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
 
@@ -38,6 +58,7 @@ def main(verbose: bool) -> None:
     """ExPO model extrapolation: theta = dpo + alpha * (dpo - sft), streamed shard by shard."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 HUB_HELP = """
@@ -106,6 +127,14 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         result = run_merge(out=out, plan=plan, backend=chosen, threads=threads,
                            overwrite=overwrite, progress=bar.update if bar is not None else None,
                            command=_command_line())
+    except (KeyboardInterrupt, Terminated) as exc:
+        from .format.writer import staging_path
+
+        partial = staging_path(out.absolute())
+        if partial.is_dir():
+            exc.resume_hint = (f"finished shards are kept in {partial}; run the same command "
+                               "again to resume")
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -472,9 +501,12 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
     from .multimodal import data as mmdata
     from .multimodal.model import load_processor, read_run, start_model, start_of
     from .multimodal.tiny import toy_rows
-    from .multimodal.train import TrainConfig, default_device, default_precision
+    from .multimodal.train import TrainConfig, check_run_dir, default_device, default_precision
     from .multimodal.train import train_ddpo as run
 
+    inputs = tuple(p for p in (vision, llm, model, data) if p is not None)
+    if not resume:
+        check_run_dir(out, inputs, overwrite)  # before loading anything
     if resume:
         source = read_run(out)["data"]
         net = processor = None
@@ -499,7 +531,8 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
                          save_every=save_every, seed=seed)
     metrics = run(out, net=net, processor=processor, dataset=dataset, eval_dataset=eval_dataset,
                   start=model, data_source=source, config=config, device=device,
-                  resume=resume, overwrite=overwrite)
+                  resume=resume, overwrite=overwrite,
+                  inputs=inputs)
     click.echo(f"step {metrics.get('step')}: loss {metrics.get('loss', float('nan')):.6f}, reward "
                f"accuracy {metrics.get('rewards/accuracy', float('nan')):.3f}, margin "
                f"{metrics.get('rewards/margin', float('nan')):.6f}")

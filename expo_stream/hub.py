@@ -95,6 +95,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
     from huggingface_hub.errors import HfHubHTTPError
 
     from .execute.verify import verify
+    from .format.writer import WRITTEN_LIST
 
     folder = Path(folder)
     reports = verify(folder, sample=verify_sample)
@@ -111,7 +112,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         info = api.upload_folder(
             repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
             commit_message=commit_message or f"Upload {folder.name} (expo-stream)",
-            parent_commit=head,
+            parent_commit=head, ignore_patterns=[WRITTEN_LIST],
         )
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None

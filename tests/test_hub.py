@@ -48,7 +48,11 @@ def cli(env, *args, check=True):
 
 
 def files_of(directory) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+    """What a push publishes: every file but the local list of what expo-stream wrote."""
+    from expo_stream.format.writer import WRITTEN_LIST
+
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
+            if p.is_file() and p.name != WRITTEN_LIST}
 
 
 def test_merge_push_download_round_trip(hub, tmp_path):

@@ -283,6 +283,6 @@ def test_every_mismatch_is_listed_in_one_error(tmp_path):
     with pytest.raises(expo_stream.PlanError) as info:
         expo_stream.merge(sft_dir, dpo_dir, tmp_path / "out", alpha=0.3)
     message = str(info.value)
-    assert "`sft.only`" in message and "`model.norm.weight`: shape" in message
-    assert "`lm_head.weight`: dtypes I32 (SFT) and BF16 (DPO) are not mergeable" in message
+    assert "'sft.only'" in message and "'model.norm.weight': shape" in message
+    assert "'lm_head.weight': dtypes I32 (SFT) and BF16 (DPO) are not mergeable" in message
     assert "\n" not in message

@@ -152,7 +152,7 @@ CASES = {
     "offsets past end": (_case_edit("data_offsets", [0, 10**12]), FormatError, 1, "span"),
     "duplicate keys": (_case_duplicate, FormatError, 1, "twice"),
     "index names missing shard": (_case_missing_shard, FormatError, 1, "missing"),
-    "index lists absent tensor": (_case_index_ghost, FormatError, 1, "`ghost.weight`"),
+    "index lists absent tensor": (_case_index_ghost, FormatError, 1, "'ghost.weight'"),
     "tensor in two shards": (_case_two_shards, FormatError, 1, "also appears"),
 }
 

@@ -144,7 +144,7 @@ def merge(
     out = Path(out)
     backend = resolve_backend(backend)
     plan = plan or plan_merge(options)
-    staging = Staging(out, [_root(options.sft), _root(options.dpo)], overwrite)
+    staging = Staging(out, [options.sft, options.dpo], overwrite)
     several = len(plan.schedules) > 1
     subdirs = [sch.label if several else "." for sch in plan.schedules]
     log.info("merging %d tensors into %d shard(s) x %d schedule(s) with %s",
@@ -166,13 +166,10 @@ def merge(
         raise OutputError(f"{exc.filename or staging.path}: {what}") from None
     except BaseException:
         shards.close()  # killed or interrupted: keep finished shards for a resumed run
+        staging.release()
         raise
     outputs = tuple((out / sub).resolve() if several else out.resolve() for sub in subdirs)
     return MergeResult(out=out, outputs=outputs, plan=plan, backend=backend)
-
-
-def _root(path: Path) -> Path:
-    return path if path.is_dir() else path.parent
 
 
 class _Shards:
@@ -310,8 +307,8 @@ def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:
         "tool": "expo-stream",
         "version": __version__,
         "formula": "dpo + alpha * (dpo - sft), correctly rounded (docs/arithmetic.md)",
-        "sft": str(plan.sft.root.resolve()),
-        "dpo": str(plan.dpo.root.resolve()),
+        "sft": str(Path(plan.options.sft).resolve()),
+        "dpo": str(Path(plan.options.dpo).resolve()),
         "schedule": {
             "alpha": schedule.alpha,
             "layer_alphas": list(schedule.layer_alphas) if schedule.layer_alphas else None,

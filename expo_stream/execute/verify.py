@@ -75,7 +75,11 @@ def _verify_one(directory: Path, sample: int, seed: int, backend: str) -> Verify
             report.shards_checked += 1
             if problem:
                 report.problems.append(f"{directory / name}: {problem}")
-    recipe = json.loads((directory / RECIPE_NAME).read_text(encoding="utf-8"))
+    try:
+        recipe = read_recipe(directory / RECIPE_NAME)
+    except FormatError as exc:
+        report.problems.append(str(exc))
+        return report
     try:
         sft = open_checkpoint(recipe["sft"])
         dpo = open_checkpoint(recipe["dpo"])
@@ -100,6 +104,22 @@ def _verify_one(directory: Path, sample: int, seed: int, backend: str) -> Verify
         for m in maps.values():
             m.close()
     return report
+
+
+def read_recipe(path: Path) -> dict:
+    """The resolved recipe a merge wrote, checked for what verify reads; FormatError if not."""
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{path}: cannot parse recipe ({exc})") from None
+    if not (isinstance(recipe, dict) and isinstance(recipe.get("sft"), str)
+            and isinstance(recipe.get("dpo"), str) and isinstance(recipe.get("tensors"), dict)):
+        raise FormatError(f"{path}: not an expo-stream recipe (needs sft, dpo and tensors)")
+    for name, entry in recipe["tensors"].items():
+        if not (isinstance(entry, dict) and (entry.get("copied") is True or (
+                isinstance(entry.get("alpha"), (int, float)) and not isinstance(entry["alpha"], bool)))):
+            raise FormatError(f"{path}: tensor {name!r} has no alpha and is not marked copied")
+    return recipe
 
 
 def _sample(tensors: dict[str, TensorInfo], count: int, seed: int) -> list[str]:

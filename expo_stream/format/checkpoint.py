@@ -54,9 +54,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             return _from_index(path.parent, path)
         return _from_files(path.parent, [path])
     index = path / INDEX_NAME
+    single = path / SINGLE_NAME
+    if index.exists() and single.exists():
+        raise FormatError(f"{path}: holds both {SINGLE_NAME} and {INDEX_NAME}; it is unclear which "
+                          "is the model: remove one, or name the file to use")
     if index.exists():
         return _from_index(path, index)
-    single = path / SINGLE_NAME
     if single.exists():
         return _from_files(path, [single])
     found = sorted(path.glob("*.safetensors"))
@@ -87,7 +90,7 @@ def _from_index(root: Path, index_path: Path) -> Checkpoint:
         if Path(name).name != name:
             raise FormatError(f"{index_path}: shard name {name!r} is not a plain file name")
         if not (root / name).is_file():
-            raise FormatError(f"{index_path}: shard {name} is missing from {root}")
+            raise FormatError(f"{index_path}: shard {name!r} is missing from {root}")
     checkpoint = _from_files(root, [root / name for name in shard_names])
     for tensor, shard in weight_map.items():
         info = checkpoint.tensors.get(tensor)

@@ -17,6 +17,7 @@ from pathlib import Path
 import xxhash
 
 from ..errors import FormatError
+from .writer import unique_temp
 
 MANIFEST_NAME = "expo_manifest.json"
 
@@ -72,7 +73,7 @@ def read_manifest(directory: Path) -> dict | None:
 def write_manifest(directory: Path, fingerprint: str, shards: dict[str, dict]) -> None:
     """Replace the manifest atomically (temporary file, fsync, rename)."""
     path = Path(directory) / MANIFEST_NAME
-    tmp = path.with_suffix(".tmp")
+    tmp = unique_temp(path)
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"fingerprint": fingerprint, "shards": shards}, f)
         f.flush()

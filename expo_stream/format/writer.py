@@ -4,15 +4,26 @@ Until :meth:`Staging.commit`, the output path holds nothing: shards are written 
 sibling directory ``.<name>.expo-partial``; the index, config and recipe go in last, everything
 is fsynced, and one ``rename`` publishes the result. A crash leaves only the hidden directory,
 which the same command, run again, resumes from (see format/manifest.py).
+
+Two rules keep a user's data safe:
+
+- One writer per output: a run holds an exclusive lock on ``.<name>.expo-lock`` (beside the
+  staging directory, which is reset and renamed) from before it touches anything until it has
+  published or given up; a second run into the same output refuses and names the first.
+- ``overwrite`` replaces only what expo-stream wrote: every published directory lists its files
+  in ``.expo-stream-files.json``; an existing output without that list, with a file it does
+  not list, or holding (or held by) an input is refused, never removed.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +32,116 @@ from ..errors import OutputError, UsageError
 from .safetensors import encode_header
 
 SYNC_EVERY_BYTES = 64 * 2**20  # flush dirty pages in steps so they do not pile up
+WRITTEN_LIST = ".expo-stream-files.json"  # what a published directory holds, as written
 
 
 def staging_path(out: Path) -> Path:
     return out.parent / f".{out.name}.expo-partial"
+
+
+def lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.expo-lock"
+
+
+def unique_temp(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other process or thread will choose."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+class OutputLock:
+    """An exclusive, non-blocking lock on one output path, held by this process until released.
+
+    The lock file holds the owner's pid, so a refused run can name it. The kernel drops the lock
+    when the process dies (SIGKILL included), so a stale file never blocks a later run.
+
+    Raises:
+        UsageError: another process holds the lock.
+    """
+
+    def __init__(self, out: Path):
+        self.path = lock_path(out)
+        self._fd: int | None = None
+        for _ in range(8):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UsageError(f"{out}: another expo-stream run (pid {owner}) is writing this "
+                                 "output; wait for it to finish or stop it") from None
+            # The previous owner may have unlinked the file between our open and our lock: then
+            # we hold a lock nobody else can see. Take the file that is there now instead.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._fd = fd
+                return
+            os.close(fd)
+        raise OutputError(f"{self.path}: cannot take the output lock (the file keeps changing)")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still locked, so no one locks the unlinked file
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def check_replaceable(out: Path, inputs: list[Path] = (), overwrite: bool = False) -> None:
+    """Refuse an output that would clash with an input or destroy what expo-stream did not write.
+
+    Raises:
+        UsageError: ``out`` is, holds or lies inside an input; ``out`` exists and ``overwrite``
+            is off; or ``out`` exists and is not a directory that expo-stream wrote, whole.
+    """
+    out = Path(out).absolute()
+    check_disjoint(out, inputs)
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise UsageError(f"{out}: already exists (use --overwrite to replace it)")
+    if out.is_symlink() or not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory expo-stream wrote; not replacing it")
+    stray = _not_written_by_us(out)
+    if stray is not None:
+        raise UsageError(f"{out}: {stray}; --overwrite replaces only what expo-stream wrote, "
+                         "so move it away yourself")
+
+
+def check_disjoint(out: Path, inputs: list[Path]) -> None:
+    """Raise UsageError if ``out`` is an input, lies inside one, or holds one."""
+    real = Path(out).resolve()
+    for given in inputs:
+        root = Path(given).resolve()
+        if real == root or root in real.parents:
+            raise UsageError(f"{out}: output would be inside the input {given}")
+        if real in root.parents:
+            raise UsageError(f"{out}: output would replace a directory holding the input {given}")
+
+
+def _not_written_by_us(directory: Path) -> str | None:
+    """None if every file under ``directory`` is listed in its written-files list (or it is
+    empty), else what is wrong."""
+    present = sorted(p.relative_to(directory).as_posix()
+                     for p in directory.rglob("*") if not p.is_dir() or p.is_symlink())
+    if not present:
+        return None
+    try:
+        listed = set(json.loads((directory / WRITTEN_LIST).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"has no valid {WRITTEN_LIST} (not an expo-stream output)"
+    for name in present:
+        if name != WRITTEN_LIST and name not in listed:
+            return f"holds {name!r}, which expo-stream did not write"
+    return None
 
 
 class ShardFile:
@@ -101,12 +218,8 @@ class Staging:
 
     def __init__(self, out: Path, inputs: list[Path], overwrite: bool = False):
         self.out = Path(out).absolute()
-        for root in inputs:
-            root = Path(root).resolve()
-            if self.out.resolve() == root or root in self.out.resolve().parents:
-                raise UsageError(f"{out}: output would be inside the input {root}")
-        if self.out.exists() and not overwrite:
-            raise UsageError(f"{out}: already exists (use --overwrite to replace it)")
+        self.inputs = list(inputs)
+        check_replaceable(self.out, self.inputs, overwrite)
         self.overwrite = overwrite
         self.path = staging_path(self.out)
         parent = self.out.parent
@@ -114,12 +227,21 @@ class Staging:
             raise UsageError(f"{parent}: output's parent directory does not exist")
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{parent}: not writable")
-        # An existing staging directory is an interrupted run's: the caller decides whether its
-        # contents can be reused (manifest) or must go (reset).
+        self._lock = OutputLock(self.out)
         try:
-            self.path.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot create ({exc.strerror})") from None
+            # Checked again under the lock: another run may have published meanwhile.
+            check_replaceable(self.out, self.inputs, overwrite)
+            # An existing staging directory is an interrupted run's: the caller decides whether
+            # its contents can be reused (manifest) or must go (reset).
+            try:
+                self.path.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create ({exc.strerror})") from None
+            for stale in self.path.rglob(".*.tmp"):  # a killed run's half-written temporaries
+                stale.unlink()
+        except BaseException:
+            self._lock.release()
+            raise
 
     def reset(self) -> None:
         """Empty the staging directory."""
@@ -145,25 +267,31 @@ class Staging:
         self.write_text(relative, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
     def commit(self) -> Path:
-        """Publish the staging directory as ``out`` (atomically, by rename)."""
+        """Publish the staging directory as ``out`` (atomically, by rename); releases the lock."""
+        files = sorted(p.relative_to(self.path).as_posix()
+                       for p in self.path.rglob("*") if not p.is_dir())
+        self.write_json(WRITTEN_LIST, {"tool": "expo-stream", "files": files})
         _fsync_tree(self.path)
         old = None
-        if self.out.exists():
-            if not self.overwrite:
-                raise UsageError(f"{self.out}: appeared during the merge; not replacing it")
-            old = self.out.parent / f".{self.out.name}.expo-old"
-            if old.exists():
-                shutil.rmtree(old)
+        if os.path.lexists(self.out):
+            check_replaceable(self.out, self.inputs, self.overwrite)  # changed during the run?
+            old = unique_temp(self.out)
             os.rename(self.out, old)
         os.rename(self.path, self.out)
         _fsync_dir(self.out.parent)
+        self.release()
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.out
 
     def abort(self) -> None:
-        """Remove everything written so far."""
+        """Remove everything written so far; releases the lock."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let another run write this output (the staging directory stays for a resume)."""
+        self._lock.release()
 
 
 def publish(out: Path, write, *, inputs=(), overwrite: bool = False) -> Path:
@@ -173,8 +301,8 @@ def publish(out: Path, write, *, inputs=(), overwrite: bool = False) -> Path:
     raises for an existing ``out`` (without ``overwrite``) or an unwritable parent.
     """
     staging = Staging(Path(out), list(inputs), overwrite)
-    staging.reset()
     try:
+        staging.reset()
         write(staging.path)
         return staging.commit()
     except BaseException:

@@ -134,13 +134,19 @@ def extrapolate(
         ``out``.
 
     Raises:
-        AlphaOutOfRangeError, BackendUnavailableError, TypeError (unsupported dtype),
-        ValueError (shape mismatch).
+        AlphaOutOfRangeError, BackendUnavailableError, TypeError (unsupported dtype or
+        non-native byte order), ValueError (shape mismatch). ``out`` may alias or overlap an
+        input: the result is then computed aside and copied in.
     """
     alpha = check_alpha(alpha)
-    for name, arr in (("dpo", dpo), ("sft", sft)):
+    for name, arr in (("dpo", dpo), ("sft", sft), ("out", out)):
+        if arr is None:
+            continue
         if arr.dtype.name not in TARGETS:
             raise TypeError(f"{name} has dtype {arr.dtype}; kernels take bfloat16, float16, float32")
+        if not arr.dtype.isnative:  # '>f4' is named float32 too, but the kernels read native order
+            raise TypeError(f"{name} has non-native byte order ({arr.dtype.str}); convert it "
+                            f"first, e.g. arr.astype(arr.dtype.newbyteorder('='))")
     if dpo.shape != sft.shape:
         raise ValueError(f"dpo shape {dpo.shape} != sft shape {sft.shape}")
     if out is None:
@@ -150,13 +156,15 @@ def extrapolate(
         raise ValueError(f"out must have shape {dpo.shape} and dtype bfloat16/float16/float32")
     d = np.ascontiguousarray(dpo).reshape(-1)
     s = np.ascontiguousarray(sft).reshape(-1)
-    contiguous = out.flags.c_contiguous
-    flat = out.reshape(-1) if contiguous else np.empty(out.size, out.dtype)
+    # Results go straight into ``out`` only when it is contiguous and overlaps no input: a kernel
+    # may read an element again after writing an earlier one (the native kernel does).
+    direct = out.flags.c_contiguous and not (np.may_share_memory(out, d) or np.may_share_memory(out, s))
+    flat = out.reshape(-1) if direct else np.empty(out.size, out.dtype)
     if alpha == 0.0:
         convert(d, flat)
     else:
         load_backend(resolve_backend(backend))(d, s, alpha, flat)
-    if not contiguous:
+    if not direct:
         out[...] = flat.reshape(out.shape)
     return out
 

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..errors import TrainingError, UsageError
+from ..format.writer import check_disjoint
 from . import ddpo
 from .model import (ADAPTER_DIR, PROJECTOR_FILE, RUN_FILE, START_DIR, add_adapters,
                     load_model_dir, projector_state, read_run, start_of)
@@ -390,9 +391,29 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def check_run_dir(out: Path, inputs=(), overwrite: bool = False) -> bool:
+    """Whether a new run must first remove an old one at ``out``; refuses what must not go.
+
+    Raises:
+        UsageError: ``out`` is, holds or lies inside an input; or it is not empty and either
+            ``overwrite`` is off or it is not a training run (no ``expo_mm_run.json``).
+    """
+    out = Path(out)
+    check_disjoint(out, list(inputs))
+    if not (out.exists() and any(out.iterdir())):
+        return False
+    if not overwrite:
+        raise UsageError(f"{out}: exists and is not empty (use --overwrite or --resume)")
+    if not (out / RUN_FILE).is_file():
+        raise UsageError(f"{out}: not a training run ({RUN_FILE} missing); --overwrite replaces "
+                         "only runs expo-stream made, so move it away yourself")
+    return True
+
+
 def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, eval_dataset=None,
                start=None, data_source=None, config: TrainConfig = TrainConfig(),
-               device: str = "cpu", resume: bool = False, overwrite: bool = False) -> dict:
+               device: str = "cpu", resume: bool = False, overwrite: bool = False,
+               inputs: tuple[Path, ...] = ()) -> dict:
     """Train, checkpoint and save a DDPO run in ``out``; returns the last step's metrics.
 
     Args:
@@ -403,6 +424,9 @@ def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, eval_
             saved to ``out/start`` so export and merge have it.
         data_source: how the data was given, recorded in ``expo_mm_run.json``.
         resume: continue from the latest checkpoint in ``out`` with the recorded config.
+        overwrite: replace an existing run in ``out`` (only a run directory, never one that
+            holds or lies inside ``inputs``).
+        inputs: the paths the run reads (start model parts, data).
     """
     out = Path(out)
     if resume:
@@ -410,9 +434,7 @@ def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, eval_
         config = TrainConfig.from_dict(run["config"])
         net, processor = load_model_dir(start_of(out))
     else:
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise UsageError(f"{out}: exists and is not empty (use --overwrite or --resume)")
+        if check_run_dir(out, inputs, overwrite):
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         if start is None:
