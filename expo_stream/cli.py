@@ -254,6 +254,10 @@ def generate(model, prompts, out, greedy, temperature, top_k, top_p, max_new_tok
     """Answer prompts with a model's chat template; decode only the new tokens. Resumable."""
     from dataclasses import replace
 
+    from .format.writer import check_disjoint
+
+    check_disjoint(out, [prompts, *([Path(model)] if Path(model).exists() else [])])
+
     from .generation.generate import GREEDY, PAPER, generate_outputs, load_model, load_prompts, pick_device
 
     sampling = GREEDY if greedy else PAPER
@@ -577,6 +581,10 @@ def mm_generate(model, image, prompt, requests, out, max_new_tokens, sample, see
 
     if (requests is None) == (image is None or prompt is None):
         raise UsageError("give --image with --prompt, or --requests")
+    if out is not None:
+        from .format.writer import check_disjoint
+
+        check_disjoint(out, [p for p in (model, image, requests) if p is not None])
     reqs = load_requests(requests) if requests else [{"image": str(image), "prompt": prompt}]
     results = run(model, reqs, max_new_tokens=max_new_tokens, greedy=not sample, seed=seed)
     if out:

@@ -134,6 +134,20 @@ def test_train_run_overwrite_refuses_what_is_not_a_run_or_holds_an_input(tmp_pat
     assert r.exit_code == 2 and "holding the input" in one_error_line(r)
 
 
+@pytest.mark.parametrize("command", ["generate", "mm-generate"])
+def test_generation_never_writes_over_its_own_inputs(tmp_path, command):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"instruction": "hi", "dataset": "t"}]))
+    model = tmp_path / "model"
+    model.mkdir()
+    args = (["generate", "--model", str(model), "--prompts", str(prompts)] if command == "generate"
+            else ["mm", "generate", "--model", str(model), "--requests", str(prompts)])
+    for out in (prompts, model / "answers.json"):
+        r = CliRunner().invoke(main, [*args, "--out", str(out)])
+        assert r.exit_code == 2 and "inside the input" in one_error_line(r)
+    assert json.loads(prompts.read_text()) == [{"instruction": "hi", "dataset": "t"}]
+
+
 # ---- one writer per output -----------------------------------------------------------------------
 
 def _cli(*args) -> list[str]:
