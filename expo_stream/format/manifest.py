@@ -16,6 +16,7 @@ from pathlib import Path
 
 import xxhash
 
+from .. import system
 from ..errors import FormatError
 from .writer import unique_temp
 
@@ -77,5 +78,5 @@ def write_manifest(directory: Path, fingerprint: str, shards: dict[str, dict]) -
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"fingerprint": fingerprint, "shards": shards}, f)
         f.flush()
-        os.fsync(f.fileno())
+        system.durable_sync(f.fileno())
     os.replace(tmp, path)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import system
 from ..errors import FormatError
 from .dtypes import ITEMSIZE, NUMPY_DTYPES
 
@@ -228,7 +229,7 @@ class MappedFile:
 
     def __init__(self, path: Path):
         self.path = path
-        fd = os.open(path, os.O_RDONLY)
+        fd = system.open_for_reading(path)
         try:
             size = os.fstat(fd).st_size
             self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
@@ -246,20 +247,20 @@ class MappedFile:
 
     def prefetch(self, start: int, end: int) -> None:
         """Ask the kernel to start reading ``[start, end)`` now (asynchronous readahead)."""
-        self._advise(start, end, mmap.MADV_WILLNEED)
+        self._advise(start, end, "WILLNEED")
 
     def release(self, start: int, end: int) -> None:
         """Drop this process's pages for ``[start, end)``; the data stays readable from disk."""
-        self._advise(start, end, mmap.MADV_DONTNEED)
+        self._advise(start, end, "DONTNEED")
 
-    def _advise(self, start: int, end: int, advice: int) -> None:
+    def _advise(self, start: int, end: int, advice: str) -> None:
         if self._map is None:
             return
         page = mmap.PAGESIZE
         lo = start - start % page
         hi = min(end, self.size)
         if hi > lo:
-            self._map.madvise(advice, lo, hi - lo)
+            system.advise(self._map, advice, lo, hi - lo)
 
     def close(self) -> None:
         if self._map is not None:

@@ -18,7 +18,6 @@ Two rules keep a user's data safe:
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import system
 from ..errors import OutputError, UsageError
 from .safetensors import encode_header
 
@@ -62,14 +62,14 @@ class OutputLock:
         self.path = lock_path(out)
         self._fd: int | None = None
         for _ in range(8):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
+            fd = system.open_for_update(self.path)
+            if not system.try_lock(fd):
+                try:
+                    owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                finally:
+                    os.close(fd)
                 raise UsageError(f"{out}: another expo-stream run (pid {owner}) is writing this "
-                                 "output; wait for it to finish or stop it") from None
+                                 "output; wait for it to finish or stop it")
             # The previous owner may have unlinked the file between our open and our lock: then
             # we hold a lock nobody else can see. Take the file that is there now instead.
             try:
@@ -78,7 +78,7 @@ class OutputLock:
                 same = False
             if same:
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                system.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
                 self._fd = fd
                 return
             os.close(fd)
@@ -87,10 +87,11 @@ class OutputLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
-            os.unlink(self.path)  # while still locked, so no one locks the unlinked file
-        except FileNotFoundError:
-            pass
+        if system.CAN_UNLINK_OPEN_FILES:
+            try:
+                os.unlink(self.path)  # while still locked, so no one locks the unlinked file
+            except FileNotFoundError:
+                pass
         os.close(self._fd)
         self._fd = None
 
@@ -157,12 +158,12 @@ class ShardFile:
         self._lock = threading.Lock()
         self._unsynced = 0
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fd = system.open_for_writing(path)
         except OSError as exc:
             raise OutputError(f"{path}: cannot create ({exc.strerror})") from None
         try:
             if size:
-                os.posix_fallocate(self._fd, 0, size)
+                system.reserve(self._fd, size, path)
             self.pwrite(header, 0)
         except OSError as exc:
             os.close(self._fd)
@@ -178,7 +179,7 @@ class ShardFile:
         size = view.nbytes
         try:
             while view.nbytes:
-                n = os.pwrite(self._fd, view, offset)
+                n = system.pwrite(self._fd, view, offset)
                 view, offset = view[n:], offset + n
         except OSError as exc:
             what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
@@ -193,14 +194,14 @@ class ShardFile:
 
     def _sync_and_drop(self) -> None:
         try:
-            os.fdatasync(self._fd)
+            system.data_sync(self._fd)
         except OSError as exc:
             raise OutputError(f"{self.path}: sync failed ({exc.strerror})") from None
-        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        system.drop_cached(self._fd)
 
     def close(self) -> None:
         try:
-            os.fsync(self._fd)
+            system.durable_sync(self._fd)
         except OSError as exc:
             raise OutputError(f"{self.path}: sync failed ({exc.strerror})") from None
         finally:
@@ -258,7 +259,7 @@ class Staging:
             with open(target, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                system.durable_sync(f.fileno())
         except OSError as exc:
             what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
             raise OutputError(f"{target}: write failed ({what})") from None
@@ -272,15 +273,13 @@ class Staging:
                        for p in self.path.rglob("*") if not p.is_dir())
         self.write_json(WRITTEN_LIST, {"tool": "expo-stream", "files": files})
         _fsync_tree(self.path)
-        old = None
         if os.path.lexists(self.out):
             check_replaceable(self.out, self.inputs, self.overwrite)  # changed during the run?
-            old = unique_temp(self.out)
-            os.rename(self.out, old)
-        os.rename(self.path, self.out)
-        _fsync_dir(self.out.parent)
+        old = unique_temp(self.out)
+        moved = system.replace_directory(self.path, self.out, old)
+        system.sync_directory(self.out.parent)
         self.release()
-        if old is not None:
+        if moved:
             shutil.rmtree(old, ignore_errors=True)
         return self.out
 
@@ -310,17 +309,9 @@ def publish(out: Path, write, *, inputs=(), overwrite: bool = False) -> Path:
         raise
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, _ in os.walk(root):
-        _fsync_dir(Path(dirpath))
+        system.sync_directory(Path(dirpath))
 
 
 def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
