@@ -286,3 +286,35 @@ def test_every_mismatch_is_listed_in_one_error(tmp_path):
     assert "'sft.only'" in message and "'model.norm.weight': shape" in message
     assert "'lm_head.weight': dtypes I32 (SFT) and BF16 (DPO) are not mergeable" in message
     assert "\n" not in message
+
+
+def test_unrelated_models_get_a_short_error_that_starts_with_the_config(tmp_path):
+    small = dict(TINY)
+    big = dict(TINY, hidden_size=16, intermediate_size=24, num_hidden_layers=6)
+    sft, _, _, _ = tiny_pair(tmp_path / "a", config=small)
+    _, dpo, _, _ = tiny_pair(tmp_path / "b", config=big)
+    r = run("merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out", "--alpha", "0.3")
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    message = r.output.split("cannot be merged: ", 1)[1]
+    assert message.startswith("configs differ (hidden_size 8 vs 16, intermediate_size 12 vs 24, "
+                              "num_hidden_layers 4 vs 6); ")
+    assert "tensor(s) only in DPO" in message and "differ in shape or dtype" in message
+    assert "more" in message and len(r.output) < 1200
+
+
+def test_the_same_files_as_sft_and_dpo_are_refused(tmp_path):
+    _, dpo, _, _ = tiny_pair(tmp_path)
+    r = run("merge", "--sft", dpo, "--dpo", dpo / ".." / "dpo", "--out", tmp_path / "out",
+            "--alpha", "0.3")
+    assert r.exit_code == 1 and "are the same files" in r.output
+
+
+def test_identical_copies_as_sft_and_dpo_are_refused(tmp_path):
+    import shutil
+
+    _, dpo, _, _ = tiny_pair(tmp_path)
+    shutil.copytree(dpo, tmp_path / "copy")
+    r = run("merge", "--sft", tmp_path / "copy", "--dpo", dpo, "--out", tmp_path / "out",
+            "--alpha", "0.3")
+    assert r.exit_code == 1 and "hold identical tensors" in r.output
+    assert not (tmp_path / "out").exists()

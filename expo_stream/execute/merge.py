@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..card import model_card_text
-from ..errors import ExpoStreamError, OutputError, UsageError
+from ..errors import ExpoStreamError, OutputError, PlanError, UsageError
 from ..format.checkpoint import INDEX_NAME, open_checkpoint
 from ..format.dtypes import TORCH_NAMES
 from ..format.manifest import ShardRecord, check_file, digest, read_manifest, write_manifest
@@ -144,6 +144,9 @@ def merge(
     out = Path(out)
     backend = resolve_backend(backend)
     plan = plan or plan_merge(options)
+    if not inputs_differ(plan):
+        raise PlanError(f"SFT {plan.sft.root} and DPO {plan.dpo.root} hold identical tensors: "
+                        "the difference is zero everywhere, so every α gives DPO back")
     staging = Staging(out, [options.sft, options.dpo], overwrite)
     several = len(plan.schedules) > 1
     subdirs = [sch.label if several else "." for sch in plan.schedules]
@@ -255,6 +258,34 @@ class _Shards:
                 except ExpoStreamError:
                     pass
             files.clear()
+
+
+def inputs_differ(plan: Plan, chunk_bytes: int = 16 * 2**20) -> bool:
+    """Whether any merged tensor's SFT and DPO bytes differ (or their dtypes do).
+
+    Stops at the first difference, which real pairs show in their first tensor; only a pair of
+    identical copies is read through.
+    """
+    files: dict[Path, object] = {}
+    try:
+        for t in plan.tensors:
+            if t.sft is None:
+                continue
+            if t.sft.dtype != t.dpo.dtype:
+                return True
+            for lo in range(0, t.dpo.nbytes, chunk_bytes):
+                n = min(chunk_bytes, t.dpo.nbytes - lo)
+                got = []
+                for info in (t.sft, t.dpo):
+                    f = files.get(info.path) or files.setdefault(info.path, open(info.path, "rb"))
+                    f.seek(info.start + lo)
+                    got.append(f.read(n))
+                if got[0] != got[1]:
+                    return True
+        return False
+    finally:
+        for f in files.values():
+            f.close()
 
 
 def plan_fingerprint(plan: Plan) -> str:

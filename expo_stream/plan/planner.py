@@ -17,6 +17,11 @@ from .options import MergeOptions
 from .schedule import LayerRef, Schedule, layer_table
 
 SINGLE_SHARD_NAME = "model.safetensors"
+SHOWN = 3  # examples per kind of mismatch in a PlanError; the rest are counted
+# config.json fields that decide tensor names and shapes: a difference explains a mismatch.
+ARCHITECTURE_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size",
+                     "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "vocab_size", "head_dim", "tie_word_embeddings")
 HEADER_METADATA = {"format": "pt"}
 
 
@@ -98,6 +103,9 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
             not fit the model (layer α on a model without layers, a per-layer list of the wrong
             length).
     """
+    if sorted(f.resolve() for f in sft.files) == sorted(f.resolve() for f in dpo.files):
+        raise PlanError(f"SFT {sft.root} and DPO {dpo.root} are the same files: the difference "
+                        "is zero everywhere, so every α gives DPO back")
     problems: list[str] = []
     only_sft = [n for n in sft.tensors if n not in dpo.tensors]
     if only_sft:
@@ -116,6 +124,7 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
     _check_layer_count(dpo, layers)
 
     jobs: list[TensorJob] = []
+    mismatched: list[str] = []
     for name, d in dpo.tensors.items():
         s = sft.tensors.get(name)
         if s is None:
@@ -124,7 +133,7 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
             continue
         problem = _mismatch(name, s, d)
         if problem:
-            problems.append(problem)
+            mismatched.append(problem)
             continue
         if d.dtype not in MERGEABLE:
             jobs.append(_copy_job(name, d, layers.get(name)))
@@ -136,7 +145,14 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
             alphas=tuple(a for a, _ in decided), why=tuple(w for _, w in decided),
             layer=layer, offset=0,
         ))
+    if mismatched:
+        shown = "; ".join(mismatched[:SHOWN])
+        more = f"; and {len(mismatched) - SHOWN} more" if len(mismatched) > SHOWN else ""
+        problems.append(f"{len(mismatched)} tensor(s) differ in shape or dtype: {shown}{more}")
     if problems:
+        config = _config_difference(sft.config, dpo.config)  # the likely cause, said first
+        if config:
+            problems.insert(0, f"configs differ ({config})")
         raise PlanError(
             f"SFT {sft.root} and DPO {dpo.root} cannot be merged: " + "; ".join(problems)
         )
@@ -163,9 +179,16 @@ def _copy_job(name: str, d: TensorInfo, layer: LayerRef | None) -> TensorJob:
 
 
 def _names(what: str, names: list[str]) -> str:
-    shown = ", ".join(f"{n!r}" for n in names[:5])
-    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    shown = ", ".join(f"{n!r}" for n in names[:SHOWN])
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
     return f"{len(names)} tensor(s) {what}: {shown}{more}"
+
+
+def _config_difference(sft: dict, dpo: dict) -> str:
+    """The architecture fields two configs disagree on, e.g. ``hidden_size 64 vs 576``."""
+    differ = [f"{key} {sft[key]!r} vs {dpo[key]!r}" for key in ARCHITECTURE_KEYS
+              if key in sft and key in dpo and sft[key] != dpo[key]]
+    return ", ".join(differ)
 
 
 def _check_layer_count(dpo: Checkpoint, layers: dict[str, LayerRef]) -> None:
