@@ -117,6 +117,8 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
     if dry_run:
         click.echo(describe_plan(plan, describe_backend(chosen)))
         return
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
     bar = None
     if not quiet:
         from tqdm import tqdm

@@ -67,6 +67,7 @@ def describe_plan(plan: Plan, backend: str) -> str:
             what = (f"{row.stack} layers {row.first}-{row.last}" if row.stack is not None
                     else f"{row.count} tensor(s)")
             lines.append(f"  {what}: alpha={row.alpha:g} ({row.why})")
+    lines += [f"warning: {w}" for w in plan.warnings]
     lines.append(f"output shards ({len(plan.shards)}):")
     for shard in plan.shards:
         lines.append(f"  {shard.filename}: {len(shard.tensors)} tensors, {_size(shard.file_bytes)}")

@@ -318,3 +318,19 @@ def test_identical_copies_as_sft_and_dpo_are_refused(tmp_path):
             "--alpha", "0.3")
     assert r.exit_code == 1 and "hold identical tensors" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_more_layer_groups_than_layers_is_a_warning_in_the_merge_and_the_dry_run(tmp_path):
+    config = dict(TINY, num_hidden_layers=2)
+    sft, dpo, _, _ = tiny_pair(tmp_path, config=config)
+    warning = ("warning: --layer-alphas 5,10,15: 'model.layers' has 2 layer(s) for 3 groups; "
+               "α 5 apply to none of them")
+    r = run("merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out",
+            "--layer-alphas", "5,10,15", "--dry-run")
+    assert r.exit_code == 0 and warning in r.output.splitlines()
+    r = run("merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out",
+            "--layer-alphas", "5,10,15", "--quiet")
+    assert r.exit_code == 0 and warning in r.output.splitlines()
+    r = run("merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out2",
+            "--layer-alphas", "5,10", "--quiet")
+    assert r.exit_code == 0 and "warning" not in r.output

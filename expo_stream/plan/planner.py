@@ -14,7 +14,7 @@ from ..format.checkpoint import Checkpoint
 from ..format.dtypes import ITEMSIZE, MERGEABLE, is_float
 from ..format.safetensors import TensorInfo, encode_header
 from .options import MergeOptions
-from .schedule import LayerRef, Schedule, layer_table
+from .schedule import LayerRef, Schedule, group_of, layer_table
 
 SINGLE_SHARD_NAME = "model.safetensors"
 SHOWN = 3  # examples per kind of mismatch in a PlanError; the rest are counted
@@ -72,6 +72,7 @@ class Plan:
     dpo: Checkpoint
     options: MergeOptions
     shards: tuple[ShardJob, ...]
+    warnings: tuple[str, ...] = ()  # legal but probably not meant: printed by merge and --dry-run
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:
@@ -122,6 +123,7 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
             f"{next(iter(dpo.tensors), '')!r})"
         )
     _check_layer_count(dpo, layers)
+    warnings = _empty_groups(options.schedules, layers)
 
     jobs: list[TensorJob] = []
     mismatched: list[str] = []
@@ -156,7 +158,8 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
         raise PlanError(
             f"SFT {sft.root} and DPO {dpo.root} cannot be merged: " + "; ".join(problems)
         )
-    return Plan(sft=sft, dpo=dpo, options=options, shards=_layout(jobs, options.max_shard_size))
+    return Plan(sft=sft, dpo=dpo, options=options, shards=_layout(jobs, options.max_shard_size),
+                warnings=warnings)
 
 
 def _mismatch(name: str, s: TensorInfo, d: TensorInfo) -> str | None:
@@ -189,6 +192,24 @@ def _config_difference(sft: dict, dpo: dict) -> str:
     differ = [f"{key} {sft[key]!r} vs {dpo[key]!r}" for key in ARCHITECTURE_KEYS
               if key in sft and key in dpo and sft[key] != dpo[key]]
     return ", ".join(differ)
+
+
+def _empty_groups(schedules, layers: dict[str, LayerRef]) -> tuple[str, ...]:
+    """A warning per stack with fewer layers than a schedule has groups: some α go unused."""
+    stacks = dict(sorted({ref.stack: ref.count for ref in layers.values()}.items()))
+    found = []
+    for schedule in schedules:
+        groups = schedule.layer_alphas
+        if not groups:
+            continue
+        for stack, count in stacks.items():
+            if count < len(groups):
+                used = sorted({group_of(i, count, len(groups)) for i in range(count)})
+                unused = [f"{groups[j]:g}" for j in range(len(groups)) if j not in used]
+                given = ",".join(f"{a:g}" for a in groups)
+                found.append(f"--layer-alphas {given}: {stack!r} has {count} layer(s) "
+                             f"for {len(groups)} groups; α {', '.join(unused)} apply to none of them")
+    return tuple(found)
 
 
 def _check_layer_count(dpo: Checkpoint, layers: dict[str, LayerRef]) -> None:
