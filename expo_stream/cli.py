@@ -210,7 +210,8 @@ def push(out: Path, repo: str, private: bool, revision: str | None, create_pr: b
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--sample", type=click.IntRange(0), default=8, show_default=True,
               help="Tensors to recompute from the recipe's inputs (the largest, then random).")
-@click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto")
+@click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto",
+              show_default=True, help="Kernel backend for the recomputation.")
 @_errors
 def verify(out: Path, sample: int, backend: str) -> None:
     """Check a merged output: headers and index, shard digests, recomputed tensors.
@@ -237,12 +238,14 @@ def verify(out: Path, sample: int, backend: str) -> None:
               help="AlpacaEval JSON/JSONL (instruction, input, dataset) or a text file, one per line.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output JSON file.")
 @click.option("--greedy", is_flag=True, help="Greedy decoding (tests); default: the ExPO paper's sampling.")
-@click.option("--temperature", type=float, help="Default 0.7.")
-@click.option("--top-k", type=int, help="Default 50.")
-@click.option("--top-p", type=float, help="Default 0.9.")
-@click.option("--max-new-tokens", type=int, help="Default 2048.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Default 0.7.")
+@click.option("--top-k", type=click.IntRange(0), help="Default 50 (0: no top-k cut).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Default 0.9.")
+@click.option("--max-new-tokens", type=click.IntRange(1),
+              help="Default 2048, the ExPO paper's; on a CPU, try a few hundred first.")
 @click.option("--seed", type=int, help="Default 42.")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Prompts (or outputs) per forward pass.")
 @click.option("--template", type=click.Choice(["chat", "plain"]), default="chat", show_default=True,
               help="plain: feed the prompt text without a chat template (on purpose only).")
 @click.option("--generator", help="Name recorded in each record (default: the model's directory name).")
@@ -294,11 +297,13 @@ def _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size):
 @click.option("--implicit-reward", is_flag=True, help="Score by beta*(log p_dpo - log p_sft).")
 @click.option("--sft", help="SFT model (for --implicit-reward).")
 @click.option("--dpo", help="DPO model (for --implicit-reward).")
-@click.option("--beta", type=float, default=0.1, show_default=True)
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="DPO's β, scaling the implicit reward.")
 @click.option("--baseline", type=click.Path(path_type=Path), help="Outputs to compute a win rate against.")
 @click.option("--out", type=click.Path(path_type=Path), help="Scores JSON (default: OUTPUTS.scores.json).")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--device")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Prompts (or outputs) per forward pass.")
+@click.option("--device", help="cuda, cuda:1, cpu... (default: CUDA if present).")
 @_errors
 def score(outputs, reward_model, implicit_reward, sft, dpo, beta, baseline, out, batch_size, device):
     """Score outputs with a reward model or DPO's implicit reward; summary with win rate."""
@@ -324,13 +329,17 @@ def score(outputs, reward_model, implicit_reward, sft, dpo, beta, baseline, out,
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report directory.")
 @click.option("--reward-model", help="Sequence-classification reward model.")
 @click.option("--implicit-reward", is_flag=True, help="Score by DPO's implicit reward (sft vs dpo).")
-@click.option("--beta", type=float, default=0.1, show_default=True)
-@click.option("--greedy", is_flag=True)
-@click.option("--max-new-tokens", type=int)
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--keep", type=click.Choice(["best", "all"]), default="best", show_default=True)
-@click.option("--device")
-@click.option("--overwrite", is_flag=True)
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="DPO's β, scaling the implicit reward.")
+@click.option("--greedy", is_flag=True, help="Greedy decoding instead of the paper's sampling.")
+@click.option("--max-new-tokens", type=click.IntRange(1),
+              help="Tokens generated per answer (default 2048, the ExPO paper's).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Prompts (or outputs) per forward pass.")
+@click.option("--keep", type=click.Choice(["best", "all"]), default="best", show_default=True,
+              help="Candidate models to keep under OUT/candidates: the best α's, or all.")
+@click.option("--device", help="cuda, cuda:1, cpu... (default: CUDA if present).")
+@click.option("--overwrite", is_flag=True, help="Replace the candidates of an earlier run in OUT.")
 @_errors
 def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, beta, greedy,
                  max_new_tokens, batch_size, keep, device, overwrite):
@@ -391,8 +400,9 @@ def check_outputs(file: Path, as_json: bool, strip_echo: Path | None) -> None:
 @main.command()
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("expo-demo"),
               show_default=True, help="Where the demo pair and the merged model go.")
-@click.option("--alpha", default="0.3", show_default=True)
-@click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto")
+@click.option("--alpha", default="0.3", show_default=True, help="α for the demo merge.")
+@click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto",
+              show_default=True, help="Kernel backend.")
 @_errors
 def demo(directory: Path, alpha: str, backend: str) -> None:
     """Make a small Llama-layout SFT/DPO pair and merge it (no download needed)."""
@@ -452,7 +462,7 @@ def _tokenizer(spec: str):
               help="Keep this share of rows, chosen deterministically by row id.")
 @click.option("--test-size", type=float, default=0.0, show_default=True,
               help="Share of kept rows moved to a `test` split.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier `mm preprocess` output.")
 @_errors
 def preprocess(source, out, tokenizer_spec, fraction, test_size, overwrite) -> None:
     """RLHF-V rows (parquet/JSON/JSONL, or a folder of per-sample JSON) to a DatasetDict."""
@@ -475,29 +485,37 @@ def preprocess(source, out, tokenizer_spec, fraction, test_size, overwrite) -> N
 @click.option("--data", type=click.Path(path_type=Path),
               help="`mm preprocess` output, or raw RLHF-V data (preprocessed in memory).")
 @click.option("--steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
-@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--lr", type=float, help="Default 2e-6 (1e-3 with --tiny).")
+@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True,
+              help="Passes over the training split.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default 2e-6 (1e-3 with --tiny).")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Global batch (pairs per optimizer step).")
-@click.option("--micro-batch-size", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--warmup-ratio", type=float, default=0.03, show_default=True)
-@click.option("--beta", type=float, default=0.1, show_default=True)
-@click.option("--gamma", type=float, default=2.0, show_default=True,
+@click.option("--micro-batch-size", type=click.IntRange(1), default=2, show_default=True,
+              help="Pairs per forward pass (halved on out-of-memory); gradients accumulate.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=0.01, show_default=True,
+              help="AdamW weight decay.")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.03, show_default=True,
+              help="Fraction of steps with a linear learning-rate warm-up.")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="DPO's β.")
+@click.option("--gamma", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Weight of corrected-segment tokens.")
 @click.option("--reduction", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
               help="Sequence score: weighted mean (RLHF-V eq. 5) or weighted sum (released code).")
-@click.option("--max-prompt-length", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--max-response-length", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--max-prompt-length", type=click.IntRange(1), default=256, show_default=True,
+              help="Question tokens kept (cut from the question, never the image tokens).")
+@click.option("--max-response-length", type=click.IntRange(1), default=256, show_default=True,
+              help="Response tokens kept.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Default: fp32 on CPU, bf16 on CUDA (fp16 + GradScaler without bf16). "
                    "bf16: autocast, no GradScaler; fp16: autocast + GradScaler.")
-@click.option("--lora-rank", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lora-rank", type=click.IntRange(1), default=8, show_default=True,
+              help="LoRA rank on the language model's q/k/v/o (LoRA α is twice the rank).")
 @click.option("--save-every", type=click.IntRange(1), help="Also checkpoint every N steps.")
 @click.option("--device", help="cpu, cuda, cuda:1... (default: CUDA if present).")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True,
+              help="Seed for the tiny model, data order and dropout.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier training run in --out.")
 @_errors
 def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_size,
                micro_batch_size, weight_decay, warmup_ratio, beta, gamma, reduction,
@@ -547,10 +565,11 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
 
 @mm.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Directory for the full model (safetensors), the DPO side of a merge.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Export this checkpoint (RUN/checkpoints/step-N) instead of the final weights.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out.")
 @_errors
 def export(run_dir, out, checkpoint, overwrite) -> None:
     """Merge a run's LoRA adapters and projector into full safetensors for `expo-stream merge`."""
@@ -571,9 +590,10 @@ def export(run_dir, out, checkpoint, overwrite) -> None:
 @click.option("--requests", type=click.Path(path_type=Path),
               help="Batch form: JSONL of {\"image\": PATH, \"prompt\": TEXT}.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write JSONL results here.")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True,
+              help="Tokens generated per answer.")
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed for --sample.")
 @_errors
 def mm_generate(model, image, prompt, requests, out, max_new_tokens, sample, seed) -> None:
     """Answer questions about images with the trained projector."""
