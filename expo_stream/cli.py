@@ -347,7 +347,7 @@ def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, 
     from dataclasses import replace
 
     from .generation.generate import GREEDY, PAPER, load_prompts, pick_device
-    from .generation.select import select_alpha as run
+    from .generation.select import select_alpha as run, verdict
     from .plan.options import parse_alpha_list
 
     sft_src, dpo_src = _inputs(sft, dpo, None)
@@ -359,7 +359,7 @@ def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, 
                  load_prompts(prompts), out, scorer_factory=factory, sampling=sampling,
                  device=pick_device(device), batch_size=batch_size, keep=keep, overwrite=overwrite)
     click.echo((Path(out) / "report.md").read_text())
-    click.echo(f"best alpha: {report['best_alpha']:g}")
+    click.echo(verdict(report).replace("**", ""))
 
 
 @main.command("check-outputs")

@@ -26,7 +26,12 @@ def select_alpha(sft: Path, dpo: Path, alphas: list[float], prompts: list[dict],
     Args:
         scorer_factory: ``() -> scorer`` with ``score(records) -> list[float]``; created once,
             after the candidates exist.
-        keep: ``best`` deletes every candidate model but the best; ``all`` keeps them.
+        keep: ``best`` deletes every candidate model but the best (all of the tied ones on
+            a tie); ``all`` keeps them.
+
+    Returns:
+        ``best_alpha`` is None when several α share the highest mean reward; ``tied_alphas``
+        lists them.
     """
     alphas = sorted(set([0.0, *alphas]))
     if len(alphas) < 2:
@@ -56,12 +61,15 @@ def select_alpha(sft: Path, dpo: Path, alphas: list[float], prompts: list[dict],
                      "avg_length_words": summary["avg_length_words"],
                      "echo_rate": diagnose(records)["echo_rate"],
                      "model": str(model_dir)})
-    best = max(rows, key=lambda r: r["mean_reward"])
-    report = {"alphas": alphas, "best_alpha": best["alpha"], "rows": rows,
-              "sampling": sampling.__dict__, "prompts": len(prompts)}
+    top = max(r["mean_reward"] for r in rows)
+    best = [r for r in rows if r["mean_reward"] == top]
+    # A tie has no winner: every tied α is reported and kept, α = 0 (DPO itself) included.
+    report = {"alphas": alphas, "best_alpha": best[0]["alpha"] if len(best) == 1 else None,
+              "tied_alphas": [r["alpha"] for r in best] if len(best) > 1 else [],
+              "rows": rows, "sampling": sampling.__dict__, "prompts": len(prompts)}
     if keep == "best":
         for row in rows:
-            if row is not best:
+            if row not in best:
                 shutil.rmtree(row["model"], ignore_errors=True)
                 row["model"] = None
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -71,8 +79,7 @@ def select_alpha(sft: Path, dpo: Path, alphas: list[float], prompts: list[dict],
 
 
 def markdown(report: dict) -> str:
-    lines = ["# α selection", "",
-             f"{report['prompts']} prompts; best α = **{report['best_alpha']:g}** (highest mean reward).",
+    lines = ["# α selection", "", f"{report['prompts']} prompts; {verdict(report)}.",
              "", "| α | mean reward | win rate vs α=0 | avg length (words) | echo rate |",
              "| --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
@@ -80,6 +87,16 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['alpha']:g} | {r['mean_reward']:.4f} | {win} | "
                      f"{r['avg_length_words']:.1f} | {r['echo_rate']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def verdict(report: dict) -> str:
+    """``best α = 0.5 (highest mean reward)``, or the tie."""
+    if report["best_alpha"] is not None:
+        return f"best α = **{report['best_alpha']:g}** (highest mean reward)"
+    tied = ", ".join(f"{a:g}" for a in report["tied_alphas"])
+    everyone = len(report["tied_alphas"]) == len(report["rows"])
+    return (f"no best α: {'every candidate' if everyone else 'α = ' + tied} tied on mean reward"
+            f"{' (' + tied + ')' if everyone else ''}")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -96,7 +113,8 @@ def plot(report: dict, path: Path) -> None:
     twin = ax.twinx()
     twin.plot(alphas, [r["avg_length_words"] for r in report["rows"]], "s--", color="tab:orange")
     twin.set_ylabel("average length (words)", color="tab:orange")
-    ax.axvline(report["best_alpha"], color="grey", lw=0.8)
+    if report["best_alpha"] is not None:
+        ax.axvline(report["best_alpha"], color="grey", lw=0.8)
     ax.set_title("reward and length against α")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
