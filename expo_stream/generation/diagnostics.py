@@ -57,10 +57,22 @@ def _punctuation_only(text: str) -> bool:
     return all(c.isspace() or unicodedata.category(c).startswith("P") for c in text)
 
 
+def _without_final_punctuation(text: str) -> str:
+    """An echo may end the instruction differently ("... a color." echoed as "... a color!!!")."""
+    end = len(text)
+    while end and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
+        end -= 1
+    return text[:end]
+
+
 def echo_rest(instruction: str, output: str) -> str | None:
-    """The normalized text after an echoed instruction, or None if the output is no echo."""
-    i, o = _norm(instruction), _norm(output)
-    if not i or not o.startswith(i):
+    """The normalized text after an echoed instruction, or None if the output is no echo.
+
+    The instruction's own final punctuation is not part of the comparison; the echo's is part
+    of the rest.
+    """
+    i, o = _without_final_punctuation(_norm(instruction)), _norm(output)
+    if not i or not o.startswith(i) or o[len(i):len(i) + 1].isalnum():  # "color" in "colorful"
         return None
     return o[len(i):]
 
@@ -85,7 +97,7 @@ def diagnose(rows: list[dict]) -> dict:
             echo += 1
             if _punctuation_only(rest):
                 instruction_only += 1
-                verbatim += rest.strip() == ""
+                verbatim += _norm(output) == _norm(row.get("instruction", ""))
         empty += output.strip() == ""
         repetitive += is_repetitive(output)
         lengths.append(len(output.split()))
@@ -114,11 +126,16 @@ def strip_echo(rows: list[dict]) -> list[dict]:
     for row in rows:
         row = dict(row)
         instruction, output = row.get("instruction", ""), row["output"]
-        pattern = r"\s*" + r"\s+".join(re.escape(w) for w in instruction.split())
+        words = _without_final_punctuation(instruction).split()
+        pattern = r"\s*" + r"\s+".join(re.escape(w) for w in words)
         while output and echo_rest(instruction, output) is not None:
             m = re.match(pattern, output, flags=re.IGNORECASE)
             rest = output[m.end():] if m else output[len(instruction):]
-            output = "" if _punctuation_only(rest) else rest.lstrip()
+            # The echo's own closing punctuation ("!!!" right after it) goes with it.
+            cut = 0
+            while cut < len(rest) and unicodedata.category(rest[cut]).startswith("P"):
+                cut += 1
+            output = "" if _punctuation_only(rest) else rest[cut:].lstrip()
         row["output"] = output
         fixed.append(row)
     return fixed

@@ -67,3 +67,13 @@ def test_bad_file(tmp_path):
     p.write_text('[{"instruction": "a"}]')
     r = CliRunner().invoke(main, ["check-outputs", str(p)])
     assert r.exit_code == 1 and "record 0 has no string `output`" in r.output
+
+
+def test_an_echo_with_other_final_punctuation_is_an_echo():
+    rows = [{"instruction": "Name a color.", "output": "Name a color!!! Blue."},
+            {"instruction": "Name a color.", "output": "name a color?"},
+            {"instruction": "Name a color.", "output": "Name a colorful bird: a parrot."}]
+    report = diagnose(rows)
+    assert report["echo"] == 2 and report["instruction_only"] == 1  # "colorful" is no echo
+    assert report["instruction_only_verbatim"] == 0
+    assert [r["output"] for r in strip_echo(rows)] == ["Blue.", "", rows[2]["output"]]
