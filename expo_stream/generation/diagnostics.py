@@ -71,8 +71,13 @@ def echo_rest(instruction: str, output: str) -> str | None:
     The instruction's own final punctuation is not part of the comparison; the echo's is part
     of the rest.
     """
-    i, o = _without_final_punctuation(_norm(instruction)), _norm(output)
-    if not i or not o.startswith(i) or o[len(i):len(i) + 1].isalnum():  # "color" in "colorful"
+    full, o = _norm(instruction), _norm(output)
+    i = _without_final_punctuation(full)
+    if not i or not o.startswith(i):
+        return None
+    # Where the instruction's punctuation was dropped, the echo must end there too ("color."
+    # is not echoed by "colorful"); without it, a continuation glued on is still an echo.
+    if i != full and o[len(i):len(i) + 1].isalnum():
         return None
     return o[len(i):]
 
