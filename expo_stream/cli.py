@@ -140,7 +140,7 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
     finally:
         if bar is not None:
             bar.close()
-    click.echo(f"backend: {describe_backend(result.backend)}")
+    click.echo(result.summary())
     for path in result.outputs:
         click.echo(f"wrote {path}")
     if push_to:

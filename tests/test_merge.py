@@ -334,3 +334,19 @@ def test_more_layer_groups_than_layers_is_a_warning_in_the_merge_and_the_dry_run
     r = run("merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out2",
             "--layer-alphas", "5,10", "--quiet")
     assert r.exit_code == 0 and "warning" not in r.output
+
+
+def test_a_merge_ends_with_one_summary_line_and_a_short_repr(tmp_path):
+    import re
+
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    r = run("merge", "--sft", sft, "--dpo", dpo, "--out", tmp_path / "out", "--alpha", "0.3,0.5",
+            "--max-shard-size", "1KB", "--quiet", "--backend", "numpy")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert re.fullmatch(r"merged 39 tensors into \d+ shard\(s\) x 2 output\(s\), 0\.00 GB, "
+                        r"in \d+\.\d s \(\d+ MB/s written\) with numpy", lines[0]), lines[0]
+    assert lines[1:] == [f"wrote {tmp_path / 'out' / 'alpha-0.3'}",
+                         f"wrote {tmp_path / 'out' / 'alpha-0.5'}"]
+    result = expo_stream.merge(sft, dpo, tmp_path / "again", alpha=0.3)
+    assert len(repr(result)) < 300 and "again" in repr(result)

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -34,12 +35,24 @@ SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json
               "preprocessor_config.json", "processor_config.json")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class MergeResult:
-    out: Path
     outputs: tuple[Path, ...]  # one model directory per schedule
     plan: Plan
     backend: str
+    elapsed: float  # seconds, planning excluded
+    written: int  # tensor bytes computed in this run (shards kept from a resumed run excluded)
+
+    def summary(self) -> str:
+        """One line: what was merged, how much, how fast, with what."""
+        plan, n = self.plan, len(self.outputs)
+        rate = self.written / self.elapsed / 1e6 if self.elapsed > 0 else float("inf")
+        return (f"merged {len(plan.tensors)} tensors into {len(plan.shards)} shard(s) x {n} "
+                f"output(s), {plan.output_bytes * n / 1e9:.2f} GB, in {self.elapsed:.1f} s "
+                f"({rate:.0f} MB/s written) with {describe_backend(self.backend)}")
+
+    def __repr__(self) -> str:  # the plan lists every tensor: keep it out
+        return f"MergeResult(outputs={[str(p) for p in self.outputs]!r}, backend={self.backend!r})"
 
 
 def make_options(
@@ -144,6 +157,7 @@ def merge(
     out = Path(out)
     backend = resolve_backend(backend)
     plan = plan or plan_merge(options)
+    started = time.perf_counter()
     if not inputs_differ(plan):
         raise PlanError(f"SFT {plan.sft.root} and DPO {plan.dpo.root} hold identical tensors: "
                         "the difference is zero everywhere, so every α gives DPO back")
@@ -172,7 +186,9 @@ def merge(
         staging.release()
         raise
     outputs = tuple((out / sub).resolve() if several else out.resolve() for sub in subdirs)
-    return MergeResult(out=out, outputs=outputs, plan=plan, backend=backend)
+    written = sum(plan.shards[i].data_bytes for i in shards.todo) * len(subdirs)
+    return MergeResult(outputs=outputs, plan=plan, backend=backend,
+                       elapsed=time.perf_counter() - started, written=written)
 
 
 class _Shards:
