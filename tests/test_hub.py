@@ -87,7 +87,8 @@ def test_multipart_lfs_upload(hub, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     big = {"model.embed_tokens.weight": rng.standard_normal((800, 1000)).astype(ml_dtypes.bfloat16)}
     save_checkpoint(tmp_path / "sft", big)
-    save_checkpoint(tmp_path / "dpo", big)
+    tuned = {k: (v.astype(np.float32) + 1e-3).astype(v.dtype) for k, v in big.items()}
+    save_checkpoint(tmp_path / "dpo", tuned)
     env = env_for(hub, tmp_path)
     cli(env, "merge", "--sft", tmp_path / "sft", "--dpo", tmp_path / "dpo", "--out",
         tmp_path / "out", "--alpha", "0.5", "--quiet")
