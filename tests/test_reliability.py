@@ -383,7 +383,10 @@ def test_verify_passes_and_catches_corruption(tmp_path):
     shard.write_bytes(bytes(raw))
     r = CliRunner().invoke(main, ["verify", str(out), "--sample", "100"])
     assert r.exit_code == 1
-    assert "differ from the recorded digest" in r.output
+    from expo_stream.format.safetensors import read_header
+
+    last = read_header(shard).tensors[-1].name  # the flipped byte is in the shard's last tensor
+    assert f"differ from the recorded digest; tensor(s) {last!r}" in r.output
     assert "element(s) differ from the recomputation" in r.output
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import FormatError, UsageError
 from ..format.checkpoint import open_checkpoint
 from ..format.dtypes import NUMPY_DTYPES
-from ..format.manifest import MANIFEST_NAME, check_file, read_manifest
+from ..format.manifest import MANIFEST_NAME, check_file, differing_ranges, read_manifest
 from ..format.safetensors import MappedFile, TensorInfo
 from ..kernels import convert, load_backend, resolve_backend
 from .merge import RECIPE_NAME
@@ -74,7 +74,8 @@ def _verify_one(directory: Path, sample: int, seed: int, backend: str) -> Verify
             problem = check_file(directory / name, manifest["shards"][name])
             report.shards_checked += 1
             if problem:
-                report.problems.append(f"{directory / name}: {problem}")
+                hit = _tensors_hit(checkpoint, directory / name, manifest["shards"][name])
+                report.problems.append(f"{directory / name}: {problem}{hit}")
     try:
         recipe = read_recipe(directory / RECIPE_NAME)
     except FormatError as exc:
@@ -104,6 +105,19 @@ def _verify_one(directory: Path, sample: int, seed: int, backend: str) -> Verify
         for m in maps.values():
             m.close()
     return report
+
+
+def _tensors_hit(checkpoint, path: Path, record: dict, shown: int = 3) -> str:
+    """``; tensors 'a', 'b' and 2 more`` for the tensors in the byte ranges that differ."""
+    bad = differing_ranges(path, record) if path.is_file() else []
+    if not bad:
+        return ""
+    hit = [t.name for t in checkpoint.tensors.values() if t.path.name == path.name
+           and any(t.start < off + n and off < t.end for off, n in bad)]
+    if not hit:
+        return "; in the header"
+    more = f" and {len(hit) - shown} more" if len(hit) > shown else ""
+    return f"; tensor(s) {', '.join(repr(n) for n in hit[:shown])}{more}"
 
 
 def read_recipe(path: Path) -> dict:

@@ -45,17 +45,27 @@ def check_file(path: Path, record: dict) -> str | None:
         return "missing"
     if size != record["size"]:
         return f"size {size} != recorded {record['size']}"
-    covered = 0
-    with open(path, "rb") as f:
-        for offset, length, want in sorted(record["ranges"]):
-            f.seek(offset)
-            got = digest(f.read(length))
-            if got != want:
-                return f"bytes [{offset}, {offset + length}) differ from the recorded digest"
-            covered += length
+    bad = differing_ranges(path, record, first_only=True)
+    if bad:
+        offset, length = bad[0]
+        return f"bytes [{offset}, {offset + length}) differ from the recorded digest"
+    covered = sum(length for _, length, _ in record["ranges"])
     if covered != size:
         return f"recorded ranges cover {covered} of {size} bytes"
     return None
+
+
+def differing_ranges(path: Path, record: dict, first_only: bool = False) -> list[tuple[int, int]]:
+    """The recorded ``(offset, length)`` ranges whose bytes no longer match their digests."""
+    bad = []
+    with open(path, "rb") as f:
+        for offset, length, want in sorted(record["ranges"]):
+            f.seek(offset)
+            if digest(f.read(length)) != want:
+                bad.append((offset, length))
+                if first_only:
+                    break
+    return bad
 
 
 def read_manifest(directory: Path) -> dict | None:
