@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
 import signal
 import sys
@@ -31,8 +33,14 @@ def _errors(fn):
     means bad data. A command that can resume attaches ``resume_hint`` to the interrupt.
     """
 
+    takes_quiet = "quiet" in inspect.signature(fn).parameters
+
     @functools.wraps(fn)
-    def wrapper(*args, debug: bool = False, **kwargs):
+    def wrapper(*args, debug: bool = False, verbose: bool = False, quiet: bool = False, **kwargs):
+        if verbose or quiet:
+            logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR)
+        if takes_quiet:
+            kwargs["quiet"] = quiet
         try:
             return fn(*args, **kwargs)
         except ExpoStreamError as exc:
@@ -48,16 +56,32 @@ def _errors(fn):
             click.echo(f"interrupted ({sig.name}){'; ' + hint if hint else ''}", err=True)
             sys.exit(128 + sig)
 
-    return click.option("--debug", is_flag=True, help="Show tracebacks.")(wrapper)
+    for option in (click.option("--debug", is_flag=True, help="Show tracebacks."),
+                   click.option("-q", "--quiet", is_flag=True,
+                                help="No progress bars; errors and warnings only."),
+                   click.option("-v", "--verbose", is_flag=True, help="Log what the engine does.")):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _version(ctx: click.Context, param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .version import __version__
+
+    click.echo(f"expo-stream {__version__}; kernel: {describe_backend(resolve_backend())}")
+    ctx.exit()
 
 
 @click.group()
-@click.version_option(package_name="expo-stream")
-@click.option("-v", "--verbose", is_flag=True, help="Log what the engine does.")
-def main(verbose: bool) -> None:
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and the kernel backend and SIMD level a merge will use.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the engine does (also after the command).")
+@click.option("-q", "--quiet", is_flag=True, help="Errors and warnings only (also after the command).")
+def main(verbose: bool, quiet: bool) -> None:
     """ExPO model extrapolation: theta = dpo + alpha * (dpo - sft), streamed shard by shard."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
@@ -92,7 +116,6 @@ Hub access uses huggingface_hub's standard environment:
 @click.option("--copy-unmatched", is_flag=True, help="Copy tensors found only in DPO unchanged.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit; reads headers only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--push-to", metavar="ORG/NAME", help="Push the merged model to this Hub repo.")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @_errors
@@ -126,16 +149,25 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         bar = tqdm(total=plan.output_bytes * len(plan.schedules), unit="B", unit_scale=True,
                    unit_divisor=1024, desc="merge", file=sys.stderr, dynamic_ncols=True)
     try:
-        result = run_merge(out=out, plan=plan, backend=chosen, threads=threads,
-                           overwrite=overwrite, progress=bar.update if bar is not None else None,
-                           command=_command_line())
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm() if bar is not None else contextlib.nullcontext():
+            result = run_merge(out=out, plan=plan, backend=chosen, threads=threads,
+                               overwrite=overwrite, command=_command_line(),
+                               progress=bar.update if bar is not None else None)
     except (KeyboardInterrupt, Terminated) as exc:
+        from .format.manifest import read_manifest
         from .format.writer import staging_path
 
         partial = staging_path(out.absolute())
         if partial.is_dir():
-            exc.resume_hint = (f"finished shards are kept in {partial}; run the same command "
-                               "again to resume")
+            first = partial / (plan.schedules[0].label if len(plan.schedules) > 1 else ".")
+            try:
+                done = len((read_manifest(first) or {"shards": {}})["shards"])
+            except ExpoStreamError:
+                done = 0
+            exc.resume_hint = (f"{done} of {len(plan.shards)} shard(s) finished, kept in "
+                               f"{partial}; run the same command again to resume")
         raise
     finally:
         if bar is not None:

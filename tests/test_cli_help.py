@@ -37,3 +37,27 @@ def test_every_option_has_help():
 def test_bad_values_are_refused_before_loading(args):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "Invalid value" in r.output
+
+
+def test_version_names_the_kernel_and_its_simd_level():
+    from expo_stream.kernels import describe_backend, resolve_backend
+
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and f"kernel: {describe_backend(resolve_backend())}" in r.output
+
+
+def test_verbose_and_quiet_work_after_the_command_too(tmp_path):
+    import subprocess
+    import sys
+
+    from .helpers import tiny_pair
+
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    base = [sys.executable, "-m", "expo_stream.cli", "merge", "--sft", str(sft), "--dpo", str(dpo),
+            "--alpha", "0.3"]
+    loud = subprocess.run(base + ["--out", str(tmp_path / "a"), "-v"], capture_output=True, text=True)
+    assert loud.returncode == 0 and "INFO expo_stream.execute.merge: merging" in loud.stderr
+    quiet = subprocess.run(base + ["--out", str(tmp_path / "b"), "-q"], capture_output=True, text=True)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # no progress bar, no log
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--quiet"])
+    assert r.exit_code == 0
