@@ -138,6 +138,9 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
     chosen = resolve_backend(backend)
     plan = plan_merge(options)
     if dry_run:
+        from .format.writer import check_output
+
+        check_output(out, [options.sft, options.dpo], overwrite)  # what the run would refuse
         click.echo(describe_plan(plan, describe_backend(chosen)))
         return
     for warning in plan.warnings:

@@ -350,3 +350,20 @@ def test_a_merge_ends_with_one_summary_line_and_a_short_repr(tmp_path):
                          f"wrote {tmp_path / 'out' / 'alpha-0.5'}"]
     result = expo_stream.merge(sft, dpo, tmp_path / "again", alpha=0.3)
     assert len(repr(result)) < 300 and "again" in repr(result)
+
+
+@pytest.mark.parametrize("where, overwrite, message", [
+    ("existing", False, "already exists (use --overwrite"),
+    ("inside", False, "output would be inside the input"),
+    ("parent", True, "holding the input"),
+    ("missing-parent", False, "parent directory does not exist"),
+])
+def test_dry_run_refuses_what_the_merge_would_refuse(tmp_path, where, overwrite, message):
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    (tmp_path / "existing").mkdir()
+    out = {"existing": tmp_path / "existing", "inside": dpo / "out", "parent": tmp_path,
+           "missing-parent": tmp_path / "no" / "out"}[where]
+    args = ["merge", "--sft", sft, "--dpo", dpo, "--out", out, "--alpha", "0.3"]
+    for extra in (["--dry-run"], []):
+        r = run(*args, *extra, *(["--overwrite"] if overwrite else []))
+        assert r.exit_code == 2 and message in r.output, (extra, r.output)

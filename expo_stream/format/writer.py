@@ -96,6 +96,22 @@ class OutputLock:
         self._fd = None
 
 
+def check_output(out: Path, inputs: list[Path] = (), overwrite: bool = False) -> None:
+    """Every check a run makes before it writes: what :func:`check_replaceable` checks, and a
+    parent directory that exists and is writable (``--dry-run`` calls this alone).
+
+    Raises:
+        UsageError, OutputError.
+    """
+    out = Path(out).absolute()
+    check_replaceable(out, inputs, overwrite)
+    parent = out.parent
+    if not parent.is_dir():
+        raise UsageError(f"{parent}: output's parent directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{parent}: not writable")
+
+
 def check_replaceable(out: Path, inputs: list[Path] = (), overwrite: bool = False) -> None:
     """Refuse an output that would clash with an input or destroy what expo-stream did not write.
 
@@ -220,14 +236,9 @@ class Staging:
     def __init__(self, out: Path, inputs: list[Path], overwrite: bool = False):
         self.out = Path(out).absolute()
         self.inputs = list(inputs)
-        check_replaceable(self.out, self.inputs, overwrite)
+        check_output(self.out, self.inputs, overwrite)
         self.overwrite = overwrite
         self.path = staging_path(self.out)
-        parent = self.out.parent
-        if not parent.is_dir():
-            raise UsageError(f"{parent}: output's parent directory does not exist")
-        if not os.access(parent, os.W_OK):
-            raise OutputError(f"{parent}: not writable")
         self._lock = OutputLock(self.out)
         try:
             # Checked again under the lock: another run may have published meanwhile.
