@@ -7,6 +7,9 @@ schedule as a table per layer group, the command that made the model and the too
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 from .plan.planner import Plan
 from .report import AlphaRow, schedule_rows
 from .version import __version__
@@ -22,12 +25,20 @@ EXPO_PARAGRAPH = (
 )
 
 
-def model_card_text(plan: Plan, which: int, sft_name: str, dpo_name: str, command: str | None) -> str:
-    """The README.md text for output ``which`` of ``plan``."""
+def model_card_text(plan: Plan, which: int, command: str | None) -> str:
+    """The README.md text for output ``which`` of ``plan``.
+
+    ``base_model`` lists the inputs' Hub repo ids (``MergeOptions.sft_name``/``dpo_name``);
+    a local input is named by its directory name in the text and left out of the metadata, so
+    a pushed card carries valid Hub metadata and no path of the machine that made it.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
+    options = plan.options
+    sft_name = options.sft_name or f"{_local_name(options.sft)} (local)"
+    dpo_name = options.dpo_name or f"{_local_name(options.dpo)} (local)"
     data = ModelCardData(
-        base_model=[sft_name, dpo_name],
+        base_model=[n for n in (options.sft_name, options.dpo_name) if n] or None,
         base_model_relation="merge",
         tags=["merge", "expo", "model-extrapolation", "expo-stream"],
         library_name="transformers",
@@ -51,13 +62,26 @@ def model_card_text(plan: Plan, which: int, sft_name: str, dpo_name: str, comman
 ## How it was made
 
 ```
-{command or "expo_stream.merge(...)"}
+{_without_local_paths(command) if command else "expo_stream.merge(...)"}
 ```
 
 expo-stream {__version__}; the α of every tensor is in `expo_recipe.json`, shard digests in
 `expo_manifest.json` (`expo-stream verify` checks them).
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _local_name(path) -> str:
+    path = Path(path)
+    return path.parent.name if path.is_file() and path.suffix == ".safetensors" else path.name
+
+
+def _without_local_paths(command: str) -> str:
+    """The command line with each argument that is an absolute path, or names a local file or
+    folder, cut to its last part."""
+    words = shlex.split(command)
+    return shlex.join(Path(w).name if len(w) > 1 and (Path(w).is_absolute() or Path(w).exists())
+                      else w for w in words)
 
 
 def _table_row(row: AlphaRow) -> str:

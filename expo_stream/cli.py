@@ -105,7 +105,8 @@ Hub access uses huggingface_hub's standard environment:
 @click.option("--layer-alphas", help="alpha per contiguous layer group, e.g. 5,10,15.")
 @click.option("--non-layer-alpha",
               help="alpha for tensors outside the layers (default: the first group's).")
-@click.option("--recipe", type=click.Path(path_type=Path), help="YAML recipe (see docs).")
+@click.option("--recipe", type=click.Path(path_type=Path),
+              help="YAML recipe (docs/recipes.md; example: docs/recipe.example.yaml).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]),
               help="Output dtype of merged tensors (default: DPO's).")
 @click.option("--max-shard-size", default=None, help="Largest output shard, e.g. 5GB (default).")
@@ -116,11 +117,16 @@ Hub access uses huggingface_hub's standard environment:
 @click.option("--copy-unmatched", is_flag=True, help="Copy tensors found only in DPO unchanged.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit; reads headers only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--sft-name", metavar="ORG/NAME",
+              help="Hub repo id of a local SFT input, for the model card's base_model.")
+@click.option("--dpo-name", metavar="ORG/NAME",
+              help="Hub repo id of a local DPO input, for the model card's base_model.")
 @click.option("--push-to", metavar="ORG/NAME", help="Push the merged model to this Hub repo.")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @_errors
 def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, max_shard_size,
-          backend, threads, copy_unmatched, dry_run, overwrite, quiet, push_to, private) -> None:
+          backend, threads, copy_unmatched, dry_run, overwrite, quiet, sft_name, dpo_name,
+          push_to, private) -> None:
     """Extrapolate DPO away from SFT and write a new checkpoint.
 
     Reads both checkpoints tensor by tensor in bounded memory; output appears at OUT only when
@@ -129,12 +135,20 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
     from .execute.merge import make_options, merge as run_merge, plan_merge
     from .report import describe_plan
 
-    sft, dpo = _inputs(sft, dpo, recipe)
-    options = make_options(sft.path if sft else None, dpo.path if dpo else None, alpha=alpha,
-                           layer_alphas=layer_alphas, non_layer_alpha=non_layer_alpha,
-                           recipe=recipe, dtype=dtype, max_shard_size=max_shard_size,
-                           copy_unmatched=copy_unmatched, sft_name=sft.name if sft else None,
-                           dpo_name=dpo.name if dpo else None)
+    recipe_data = None
+    if recipe is not None:
+        from .plan.options import read_recipe
+
+        recipe_data = read_recipe(recipe)
+    from_recipe = (recipe_data is not None and sft is None, recipe_data is not None and dpo is None)
+    if recipe_data is not None:
+        sft, dpo = sft or recipe_data.get("sft"), dpo or recipe_data.get("dpo")
+    sft, dpo = _inputs(sft, dpo, recipe, from_recipe)
+    options = make_options(sft.path, dpo.path, alpha=alpha, layer_alphas=layer_alphas,
+                           non_layer_alpha=non_layer_alpha, recipe=recipe,
+                           recipe_data=recipe_data, dtype=dtype, max_shard_size=max_shard_size,
+                           copy_unmatched=copy_unmatched, sft_name=sft_name or sft.repo_id,
+                           dpo_name=dpo_name or dpo.repo_id)
     chosen = resolve_backend(backend)
     plan = plan_merge(options)
     if dry_run:
@@ -186,30 +200,29 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         click.echo(hub_push(result.outputs[0], push_to, private=private))
 
 
-def _inputs(sft: str | None, dpo: str | None, recipe: Path | None):
-    """Resolve --sft/--dpo (or the recipe's) to local paths, downloading Hub repo ids."""
-    if recipe is not None and (sft is None or dpo is None):
-        import yaml
+def _inputs(sft: str | None, dpo: str | None, recipe: Path | None = None,
+            from_recipe: tuple[bool, bool] = (False, False)):
+    """Resolve --sft/--dpo (or the recipe's) to local paths, downloading Hub repo ids.
 
-        try:
-            data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            data = {}  # make_options reports the recipe's problem with its own message
-        if isinstance(data, dict):
-            sft = sft or data.get("sft")
-            dpo = dpo or data.get("dpo")
+    An input the recipe named gets errors that name the recipe.
+    """
     if sft is None or dpo is None:
-        if recipe is None:
-            raise UsageError("both --sft and --dpo are required")
-        return None, None
+        where = f"{recipe}: the recipe or the command line must name" if recipe else "give"
+        raise UsageError(f"{where} both --sft and --dpo")
     from dataclasses import replace
 
     from .convert import ensure_safetensors
     from .hub import resolve
 
     sources = []
-    for spec in (sft, dpo):
-        source = resolve(spec)
+    for spec, in_recipe in zip((sft, dpo), from_recipe):
+        try:
+            source = resolve(spec)
+        except ExpoStreamError as exc:
+            if not in_recipe:
+                raise
+            raise type(exc)(f"{recipe}: {exc} (relative paths are read from the recipe's "
+                            "directory)") from None
         sources.append(replace(source, path=ensure_safetensors(source.path)))
     return tuple(sources)
 

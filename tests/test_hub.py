@@ -60,7 +60,8 @@ def test_merge_push_download_round_trip(hub, tmp_path):
     env = env_for(hub, tmp_path)
     out = tmp_path / "out"
     r = cli(env, "merge", "--sft", sft, "--dpo", dpo, "--out", out, "--alpha", "0.3",
-            "--max-shard-size", "2KB", "--quiet", "--push-to", "me/expo-tiny", "--private")
+            "--max-shard-size", "2KB", "--quiet", "--push-to", "me/expo-tiny", "--private",
+            "--sft-name", "org/tiny-sft")
     assert f"{hub.endpoint}/me/expo-tiny/commit/" in r.stdout
     assert any("/lfs/objects/batch" in line for line in hub.state.log)
     local = snapshot_download("me/expo-tiny", endpoint=hub.endpoint, token=TOKEN,
@@ -69,7 +70,10 @@ def test_merge_push_download_round_trip(hub, tmp_path):
 
     assert files_of(Path(local)) == files_of(out)
     card = ModelCard.load(Path(local) / "README.md")
-    assert card.data.base_model == [str(sft), str(dpo)]
+    # Repo ids only: a local input is named in the text, never by its path.
+    assert card.data.base_model == ["org/tiny-sft"]
+    assert str(tmp_path) not in (Path(local) / "README.md").read_text()
+    assert "- Aligned (θ_dpo): `dpo (local)`" in card.text
     assert card.data.base_model_relation == "merge"
     assert "expo" in card.data.tags and card.data.library_name == "transformers"
     assert "| `model.layers` layers 0–3 | 0.3 | uniform |" in card.text
@@ -118,7 +122,7 @@ def test_inputs_by_repo_id_and_offline_cache(hub, tmp_path):
     hub_tensors = {k: v.tobytes() for k, v in load_all(tmp_path / "hub-out").items()}
     assert hub_tensors == {k: v.tobytes() for k, v in load_all(tmp_path / "local-out").items()}
     card = ModelCard.load(tmp_path / "hub-out" / "README.md")
-    assert card.data.base_model == ["org/sft", "org/dpo@main"]
+    assert card.data.base_model == ["org/sft", "org/dpo"]  # repo ids, without the revision
     # Offline: the cache alone serves the same repo ids.
     offline = env_for(hub, tmp_path, offline=True)
     offline["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens: any request would fail

@@ -367,3 +367,32 @@ def test_dry_run_refuses_what_the_merge_would_refuse(tmp_path, where, overwrite,
     for extra in (["--dry-run"], []):
         r = run(*args, *extra, *(["--overwrite"] if overwrite else []))
         assert r.exit_code == 2 and message in r.output, (extra, r.output)
+
+
+def test_recipe_paths_are_relative_to_the_recipe_and_errors_name_it(tmp_path, monkeypatch):
+    sft, dpo, _, _ = tiny_pair(tmp_path / "models")
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.yaml"
+    recipe.write_text("sft: ../models/sft\ndpo: ../models/dpo\nalpha: 0.3\n"
+                      "sft_name: org/tiny-sft\n")
+    monkeypatch.chdir(tmp_path / "models")  # another working directory
+    r = run("merge", "--recipe", recipe, "--out", tmp_path / "out", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "out" / "expo_recipe.json").read_text())["sft"] == str(sft)
+    assert "base_model:\n- org/tiny-sft\n" in (tmp_path / "out" / "README.md").read_text()
+    recipe.write_text("sft: ../models/nope\ndpo: ../models/dpo\nalpha: 0.3\n")
+    r = run("merge", "--recipe", recipe, "--out", tmp_path / "out2", "--quiet")
+    assert r.exit_code == 2 and r.output.startswith(f"error: {recipe}: ")
+    assert "relative paths are read from the recipe's directory" in r.output
+
+
+def test_the_example_recipe_is_a_valid_recipe(tmp_path):
+    from pathlib import Path
+
+    from expo_stream.plan.options import load_recipe
+
+    example = Path(__file__).resolve().parents[1] / "docs" / "recipe.example.yaml"
+    options = load_recipe(example, tmp_path / "sft", tmp_path / "dpo")
+    (schedule,) = options.schedules
+    assert schedule.layer_alphas == (5.0, 10.0, 15.0) and schedule.non_layer_alpha == 5.0
+    assert options.dtype == "BF16" and options.sft_name == "HuggingFaceTB/SmolLM2-135M"

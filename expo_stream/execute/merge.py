@@ -63,6 +63,7 @@ def make_options(
     layer_alphas: str | list | None = None,
     non_layer_alpha: str | float | None = None,
     recipe: str | Path | None = None,
+    recipe_data: dict | None = None,
     dtype: str | None = None,
     max_shard_size: str | int | None = None,
     copy_unmatched: bool = False,
@@ -71,12 +72,15 @@ def make_options(
 ) -> MergeOptions:
     """MergeOptions from flag-style values, or from a recipe file (flags then may not set α).
 
-    ``sft_name``/``dpo_name`` say how the model card names the inputs (e.g. Hub repo ids).
+    ``recipe_data`` is the recipe as ``read_recipe`` returned it, when the caller read it
+    already. ``sft_name``/``dpo_name`` are the inputs' Hub repo ids for the model card's
+    ``base_model`` (a recipe may give them too); local paths are never listed there.
     """
     if recipe is not None:
         if alpha is not None or layer_alphas is not None or non_layer_alpha is not None:
             raise UsageError("give α either in the recipe or as flags, not both")
-        opts = load_recipe(Path(recipe), Path(sft) if sft else None, Path(dpo) if dpo else None)
+        opts = load_recipe(Path(recipe), Path(sft) if sft else None, Path(dpo) if dpo else None,
+                           data=recipe_data)
         overrides = {}
         if dtype is not None:
             overrides["dtype"] = parse_dtype(dtype)
@@ -84,7 +88,7 @@ def make_options(
             overrides["max_shard_size"] = parse_size(max_shard_size)
         if copy_unmatched:
             overrides["copy_unmatched"] = True
-        overrides.update(sft_name=sft_name, dpo_name=dpo_name)
+        overrides.update(sft_name=sft_name or opts.sft_name, dpo_name=dpo_name or opts.dpo_name)
         return replace(opts, **overrides)
     if sft is None or dpo is None:
         raise UsageError("both --sft and --dpo are required")
@@ -342,9 +346,7 @@ def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backen
     recipe["command"] = command
     staging.write_json(f"{sub}/{RECIPE_NAME}", recipe)
     options = plan.options
-    staging.write_text(f"{sub}/README.md", model_card_text(
-        plan, which, options.sft_name or str(options.sft), options.dpo_name or str(options.dpo),
-        command))
+    staging.write_text(f"{sub}/README.md", model_card_text(plan, which, command))
 
 
 def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:

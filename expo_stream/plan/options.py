@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -42,8 +42,7 @@ class MergeOptions:
     dtype: str | None = None  # safetensors name, None = DPO's dtype per tensor
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE
     copy_unmatched: bool = False
-    recipe_text: str | None = field(default=None, compare=False)
-    # How the inputs are named in the model card: Hub repo ids where they came from the Hub.
+    # The inputs' Hub repo ids, for the model card's base_model (local paths are never listed).
     sft_name: str | None = None
     dpo_name: str | None = None
 
@@ -134,14 +133,21 @@ def _rule(entry: object) -> Rule:
 
 
 _RECIPE_KEYS = {"sft", "dpo", "alpha", "layer_alphas", "per_layer", "non_layer_alpha", "rules",
-                "dtype", "max_shard_size", "copy_unmatched"}
+                "dtype", "max_shard_size", "copy_unmatched", "sft_name", "dpo_name"}
 
 
-def load_recipe(path: Path, sft: Path | None = None, dpo: Path | None = None) -> MergeOptions:
-    """MergeOptions from a YAML recipe; ``sft``/``dpo`` given here override the recipe's."""
+def read_recipe(path: Path) -> dict:
+    """A YAML recipe as a checked mapping (docs/recipes.md).
+
+    ``sft``/``dpo`` that name a path relative to the recipe's own directory come back as that
+    path; anything else (an absolute path, a Hub repo id) as written.
+
+    Raises:
+        UsageError: unreadable, not YAML, not a mapping, unknown keys; each naming ``path``.
+    """
+    path = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"{path}: cannot read recipe ({exc.strerror})") from None
     except yaml.YAMLError as exc:
@@ -151,6 +157,24 @@ def load_recipe(path: Path, sft: Path | None = None, dpo: Path | None = None) ->
     unknown = set(data) - _RECIPE_KEYS
     if unknown:
         raise UsageError(f"{path}: unknown recipe keys {sorted(unknown)}; known: {sorted(_RECIPE_KEYS)}")
+    for key in ("sft", "dpo", "sft_name", "dpo_name"):
+        if key in data and not isinstance(data[key], str):
+            raise UsageError(f"{path}: {key} must be a string, not {data[key]!r}")
+    for key in ("sft", "dpo"):
+        if key in data and not Path(data[key]).is_absolute():
+            beside = path.parent / data[key]
+            if beside.exists():
+                data[key] = str(beside)
+    return data
+
+
+def load_recipe(path: Path, sft: Path | None = None, dpo: Path | None = None,
+                data: dict | None = None) -> MergeOptions:
+    """MergeOptions from a YAML recipe; ``sft``/``dpo`` given here override the recipe's.
+
+    ``data`` is the recipe as :func:`read_recipe` returned it, if the caller has read it.
+    """
+    data = read_recipe(path) if data is None else data
     sft = sft or (Path(data["sft"]) if "sft" in data else None)
     dpo = dpo or (Path(data["dpo"]) if "dpo" in data else None)
     if sft is None or dpo is None:
@@ -161,12 +185,12 @@ def load_recipe(path: Path, sft: Path | None = None, dpo: Path | None = None) ->
             per_layer=data.get("per_layer"), non_layer_alpha=data.get("non_layer_alpha"),
             rules=data.get("rules"),
         )
+        dtype = parse_dtype(data.get("dtype"))
+        max_shard_size = parse_size(data.get("max_shard_size", DEFAULT_MAX_SHARD_SIZE))
     except UsageError as exc:
         raise UsageError(f"{path}: {exc}") from None
     return MergeOptions(
-        sft=Path(sft), dpo=Path(dpo), schedules=schedules,
-        dtype=parse_dtype(data.get("dtype")),
-        max_shard_size=parse_size(data.get("max_shard_size", DEFAULT_MAX_SHARD_SIZE)),
-        copy_unmatched=bool(data.get("copy_unmatched", False)),
-        recipe_text=text,
+        sft=Path(sft), dpo=Path(dpo), schedules=schedules, dtype=dtype,
+        max_shard_size=max_shard_size, copy_unmatched=bool(data.get("copy_unmatched", False)),
+        sft_name=data.get("sft_name"), dpo_name=data.get("dpo_name"),
     )
