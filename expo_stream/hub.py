@@ -7,6 +7,7 @@ explicitly, so it works whenever it is set) and ``HF_HUB_OFFLINE=1`` (use the ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -42,7 +43,13 @@ def endpoint() -> str | None:
 def resolve(spec: str | Path) -> Source:
     """A local path as is; ``org/name[@revision]`` through ``snapshot_download``.
 
-    A local path always wins over a repo id of the same spelling.
+    A local path always wins over a repo id of the same spelling. The one resolver of model
+    locations: merge, generate, score and select-alpha all go through it.
+
+    Raises:
+        UsageError: neither an existing path nor a repo id.
+        HubError: one line naming the repo and what to do (not found, no access, offline,
+            network down, rate limited).
     """
     path = Path(spec)
     if path.exists():
@@ -51,32 +58,89 @@ def resolve(spec: str | Path) -> Source:
     if not m:
         raise UsageError(f"{spec}: no such file or directory, and not a Hub repo id (org/name[@rev])")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    try:
+    with hub_errors(str(spec)):
         patterns = MERGE_FILES if _has_safetensors(m.group("repo"), m.group("revision")) else BIN_FILES
         local = snapshot_download(m.group("repo"), revision=m.group("revision"),
                                   allow_patterns=patterns, endpoint=endpoint())
-    except LocalEntryNotFoundError as exc:
-        raise HubError(f"{spec}: not in the local cache and the Hub cannot be reached "
-                       f"({str(exc).splitlines()[0]})") from None
-    except HfHubHTTPError as exc:
-        raise HubError(f"{spec}: {str(exc).splitlines()[0]}") from None
     return Source(Path(local), str(spec), m.group("repo"))
 
 
 def _has_safetensors(repo_id: str, revision: str | None) -> bool:
-    """Whether the repo has safetensors weights (True when offline: the cache decides)."""
+    """Whether the repo has safetensors weights (True when offline: the cache decides).
+
+    One plain request (``model_info``): a down network or a missing repo fails at once, where
+    the file-tree listing would retry for half a minute.
+    """
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
 
     if constants.HF_HUB_OFFLINE:
         return True
-    try:
-        files = HfApi(endpoint=endpoint()).list_repo_files(repo_id, revision=revision)
-    except (HfHubHTTPError, OSError):
-        return True  # let snapshot_download report the problem (or serve the cache)
+    files = [s.rfilename for s in HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision).siblings or []]
     return any(f.endswith(".safetensors") for f in files) or not any(f.endswith(".bin") for f in files)
+
+
+@contextlib.contextmanager
+def hub_errors(repo: str):
+    """Every failure of a Hub call as one HubError line naming ``repo`` and what to do.
+
+    huggingface_hub's own retry warnings are held back meanwhile: the error says it all.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf
+    from huggingface_hub.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    except hf.GatedRepoError:  # a RepositoryNotFoundError too: first
+        raise HubError(f"{repo}: gated repo; accept its terms on the Hub and set HF_TOKEN") from None
+    except (hf.RepositoryNotFoundError, hf.RevisionNotFoundError) as exc:
+        what = "revision not found" if isinstance(exc, hf.RevisionNotFoundError) else "not found"
+        raise HubError(_not_found(repo, what)) from None
+    except (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled):
+        raise HubError(f"{repo}: not in the local cache, and the Hub cannot be reached or "
+                       "HF_HUB_OFFLINE=1 is set (download it once online)") from None
+    except hf.HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 404:  # a server that does not say which (no X-Error-Code)
+            raise HubError(_not_found(repo, "not found")) from None
+        hint = {401: "check HF_TOKEN or `hf auth login`",
+                403: "the token may not read or write this repo",
+                409: "the branch moved meanwhile; run the command again",
+                412: "the branch moved meanwhile; run the command again",
+                429: "rate limited by the Hub; wait a few minutes and run the command again",
+                }.get(status, "the Hub answered with an error; run the command again later"
+                      if status and status >= 500 else "")
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HubError(f"{repo}: {first}{'; ' + hint if hint else ''}") from None
+    except (OSError, *_network_errors()) as exc:  # connection refused, DNS, timeouts
+        raise HubError(f"{repo}: cannot reach the Hub at {endpoint() or constants.ENDPOINT} "
+                       f"({type(exc).__name__}: {exc}); check the network, or set "
+                       "HF_HUB_OFFLINE=1 to use the local cache") from None
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _not_found(repo: str, what: str) -> str:
+    from huggingface_hub import constants
+
+    return (f"{repo}: {what} on {endpoint() or constants.ENDPOINT} (check the name; a private "
+            "repo also needs HF_TOKEN or `hf auth login`)")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's transport errors (huggingface_hub's client is httpx-based)."""
+    import importlib
+
+    found = []
+    for module in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(module).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -91,8 +155,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         UsageError: ``folder`` is not a verified expo-stream output.
         HubError: the Hub refused (no token for a private repo, a stale parent commit, ...).
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import HfApi, constants
 
     from .execute.verify import verify
     from .format.writer import WRITTEN_LIST
@@ -104,7 +167,9 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
     if not reports[0].ok:
         raise UsageError(f"{folder}: verify failed, not pushing: {reports[0].problems[0]}")
     api = HfApi(endpoint=endpoint(), token=token)
-    try:
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; pushing needs the Hub (unset it)")
+    with hub_errors(repo_id):
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -114,11 +179,4 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
             commit_message=commit_message or f"Upload {folder.name} (expo-stream)",
             parent_commit=head, ignore_patterns=[WRITTEN_LIST],
         )
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        hint = {401: "check HF_TOKEN or `hf auth login`",
-                403: "the token may not write to this repo",
-                409: "the branch moved while uploading; run the push again",
-                412: "the branch moved while uploading; run the push again"}.get(status, "")
-        raise HubError(f"{repo_id}: {str(exc).splitlines()[0]}{'; ' + hint if hint else ''}") from None
     return info.pr_url if create_pr and info.pr_url else info.commit_url

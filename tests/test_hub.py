@@ -173,7 +173,7 @@ def test_stale_parent_commit_is_a_clear_error(hub, tmp_path, monkeypatch):
         return info
 
     monkeypatch.setattr(HfApi, "repo_info", stale)
-    with pytest.raises(HubError, match="run the push again"):
+    with pytest.raises(HubError, match="the branch moved meanwhile; run the command again"):
         expo_hub.push(tmp_path / "out", "me/m", token=TOKEN, commit_message="again")
     assert first != real(HfApi(endpoint=hub.endpoint, token=TOKEN), "me/m").sha
 
@@ -215,3 +215,44 @@ def test_real_hub_round_trip(tmp_path):
 
     assert files_of(Path(local)) == files_of(tmp_path / "out")
     json.loads((Path(local) / "expo_recipe.json").read_text())
+
+
+DOWN = "http://127.0.0.1:9"  # nothing listens there
+
+
+@pytest.mark.parametrize("args", [
+    ["merge", "--sft", "org/nomodel", "--dpo", "org/other", "--out", "OUT", "--alpha", "0.3"],
+    ["generate", "--model", "org/nomodel", "--prompts", "PROMPTS", "--out", "OUT.json"],
+    ["generate", "--model", "nomodel", "--prompts", "PROMPTS", "--out", "OUT.json"],
+    ["push", "OUTPUT", "--repo", "me/x"],
+])
+@pytest.mark.parametrize("failure", ["network down", "offline", "not found"])
+def test_every_hub_failure_is_one_line_at_once(hub, tmp_path, args, failure):
+    import time
+
+    if args[0] == "push" and failure == "not found":
+        pytest.skip("a push creates its repo")
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    import expo_stream
+
+    expo_stream.merge(sft, dpo, tmp_path / "output", alpha=0.3)
+    (tmp_path / "prompts.txt").write_text("hi\n")
+    env = env_for(hub, tmp_path, offline=failure == "offline")
+    if failure == "network down":
+        env["HF_ENDPOINT"] = DOWN
+    args = [str(tmp_path / "output") if a == "OUTPUT" else str(tmp_path / "prompts.txt")
+            if a == "PROMPTS" else str(tmp_path / a) if a.startswith("OUT") else a for a in args]
+    started = time.monotonic()
+    r = cli(env, *args, check=False)
+    assert time.monotonic() - started < 20  # no half-minute of retries
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    if args[0] == "push":
+        assert "me/x" in lines[0] and r.returncode == 1 and "Traceback" not in r.stderr
+    elif "nomodel" == args[2]:
+        assert "nomodel: no such file or directory, and not a Hub repo id" in lines[0]
+    else:
+        assert lines[0].startswith("error: org/nomodel: ")
+        expected = {"network down": "cannot reach the Hub", "offline": "HF_HUB_OFFLINE",
+                    "not found": "not found on"}[failure]
+        assert expected in lines[0]

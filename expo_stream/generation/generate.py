@@ -62,10 +62,17 @@ def pick_device(device: str | None) -> str:
 
 
 def load_model(model: str | Path, device: str, dtype: str | None, gguf_file: str | None = None):
-    """(model, tokenizer) on ``device``; bf16 on CUDA and fp32 on CPU unless ``dtype`` says."""
+    """(model, tokenizer) on ``device``; bf16 on CUDA and fp32 on CPU unless ``dtype`` says.
+
+    ``model`` is a directory or a Hub repo id, found by :func:`expo_stream.hub.resolve` (a
+    mistyped path fails at once, not after Hub retries).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..hub import resolve
+
+    model = resolve(model).path
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                    None: torch.bfloat16 if device.startswith("cuda") else torch.float32}[dtype]
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
