@@ -301,9 +301,11 @@ def verify(out: Path, sample: int, backend: str) -> None:
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]),
               help="Default: bf16 on CUDA, fp32 on CPU.")
 @click.option("--gguf-file", help="Load this GGUF file from the model directory (needs gguf).")
+@click.option("--overwrite", is_flag=True,
+              help="Start again in an --out made by another model or other settings.")
 @_errors
 def generate(model, prompts, out, greedy, temperature, top_k, top_p, max_new_tokens, seed,
-             batch_size, template, generator, device, dtype, gguf_file) -> None:
+             batch_size, template, generator, device, dtype, gguf_file, overwrite) -> None:
     """Answer prompts with a model's chat template; decode only the new tokens. Resumable."""
     from dataclasses import replace
 
@@ -311,16 +313,23 @@ def generate(model, prompts, out, greedy, temperature, top_k, top_p, max_new_tok
 
     check_disjoint(out, [prompts, *([Path(model)] if Path(model).exists() else [])])
 
-    from .generation.generate import GREEDY, PAPER, generate_outputs, load_model, load_prompts, pick_device
+    from .generation.generate import (GREEDY, PAPER, generate_outputs, load_model, load_prompts,
+                                      pick_device, resumable, run_settings)
+    from .hub import resolve
 
     sampling = GREEDY if greedy else PAPER
     overrides = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p,
                                        max_new_tokens=max_new_tokens, seed=seed).items() if v is not None}
     sampling = replace(sampling, **overrides)
     rows = load_prompts(prompts)
-    lm, tokenizer = load_model(model, pick_device(device), dtype, gguf_file)
+    location = resolve(model).path
+    # Checked before the model loads: a refused resume costs nothing.
+    done = resumable(out, rows, run_settings(location, sampling, template, batch_size), overwrite)
+    if done:
+        click.echo(f"resuming: {done} of {len(rows)} prompts already answered in {out}", err=True)
+    lm, tokenizer = load_model(location, pick_device(device), dtype, gguf_file)
     records = generate_outputs(lm, tokenizer, rows, sampling=sampling, template=template,
-                               batch_size=batch_size, out=out,
+                               batch_size=batch_size, out=out, overwrite=overwrite,
                                generator=generator or Path(str(model)).name)
     click.echo(f"wrote {len(records)} outputs to {out}")
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import FormatError, UsageError
+from ..format.writer import unique_temp
 from .diagnostics import read_records
 
 
@@ -100,19 +101,61 @@ def render(tokenizer, instruction: str, template: str) -> tuple[str, bool]:
     return text, False  # the template already holds BOS and any special tokens
 
 
+def run_settings(model_name: str, sampling: Sampling, template: str, batch_size: int) -> dict:
+    """What decides the outputs of a generation run (batches are seeded by their first index)."""
+    return {"model": str(model_name), "sampling": asdict(sampling), "template": template,
+            "batch_size": batch_size}
+
+
+def settings_path(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + ".settings.json")
+
+
+def resumable(out: Path | None, prompts: list[dict], settings: dict, overwrite: bool = False) -> int:
+    """How many prompts an existing ``out`` already answers, made with these same settings.
+
+    Raises:
+        UsageError: ``out`` exists but was made with other settings (or they were not
+            recorded), and ``overwrite`` is off.
+    """
+    if out is None or not Path(out).exists():
+        return 0
+    try:
+        recorded = json.loads(settings_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == settings:
+        return len(_load_done(out, prompts))
+    if overwrite:
+        return 0
+    if recorded is None:
+        why = f"has no record of how it was made ({settings_path(out).name})"
+    else:
+        keys = sorted(k for k in settings if recorded.get(k) != settings[k])
+        why = "was made with another " + ", ".join(keys) + "".join(
+            f"; {k} was {recorded.get(k)!r}" for k in keys if k in ("model", "template"))
+    raise UsageError(f"{out}: {why}; use --overwrite to start again, or another --out")
+
+
 def generate_outputs(model, tokenizer, prompts: list[dict], *, sampling: Sampling = PAPER,
                      template: str = "chat", batch_size: int = 8, generator: str = "model",
-                     out: Path | None = None, progress: bool = True) -> list[dict]:
+                     out: Path | None = None, progress: bool = True,
+                     overwrite: bool = False) -> list[dict]:
     """AlpacaEval records ``{instruction, output, generator, dataset}`` for every prompt.
 
-    With ``out``, finished records are saved after each batch and an existing ``out`` is
-    resumed: prompts already answered there (same position and instruction) are skipped.
-    Each batch is seeded with ``sampling.seed + index of its first prompt``, so a resumed run
-    samples what an uninterrupted one would.
+    With ``out``, finished records are saved after each batch, and the model and settings in
+    ``OUT.settings.json``. An existing ``out`` made with the same settings is resumed: prompts
+    already answered there (same position and instruction) are skipped; one made otherwise is
+    refused, or replaced with ``overwrite``. Each batch is seeded with ``sampling.seed + index
+    of its first prompt``, so a resumed run samples what an uninterrupted one would.
     """
     import torch
 
-    done = _load_done(out, prompts)
+    settings = run_settings(model.name_or_path, sampling, template, batch_size)
+    kept = resumable(out, prompts, settings, overwrite)
+    done = _load_done(out, prompts)[:kept] if kept else []
+    if out is not None:
+        _save(settings_path(out), settings)
     records = list(done)
     todo = list(range(len(done), len(prompts)))
     bar = None
@@ -162,7 +205,7 @@ def _load_done(out: Path | None, prompts: list[dict]) -> list[dict]:
     return done
 
 
-def _save(out: Path, records: list[dict]) -> None:
-    tmp = Path(out).with_suffix(Path(out).suffix + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+def _save(out: Path, data) -> None:
+    tmp = unique_temp(Path(out))
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, out)

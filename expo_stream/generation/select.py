@@ -48,7 +48,8 @@ def select_alpha(sft: Path, dpo: Path, alphas: list[float], prompts: list[dict],
         model, tokenizer = load_model(model_dir, device, None)
         records = generate_outputs(model, tokenizer, prompts, sampling=sampling,
                                    batch_size=batch_size, generator=f"expo-alpha-{alpha:g}",
-                                   out=out / f"outputs-alpha-{alpha:g}.json", progress=False)
+                                   out=out / f"outputs-alpha-{alpha:g}.json", progress=False,
+                                   overwrite=overwrite)
         del model
         scores = scorer.score(records)
         outputs[alpha] = (records, scores)

@@ -76,8 +76,38 @@ def test_resume_skips_finished_prompts(model_dir, tmp_path, monkeypatch):
                         lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     r = CliRunner().invoke(main, args + ["--prompts", str(prompts_file(tmp_path / "b.jsonl", 4))])
     assert r.exit_code == 0, r.output
+    assert f"resuming: 2 of 4 prompts already answered in {out}" in r.output
     records = json.loads(out.read_text())
     assert len(calls) == 2 and len(records) == 4 and records[:2] == first
+
+
+@pytest.mark.parametrize("change", [["--max-new-tokens", "5"], ["--model", "OTHER"],
+                                    ["--batch-size", "2"], ["--template", "plain"]])
+def test_resume_refuses_an_output_made_otherwise(model_dir, tmp_path, monkeypatch, change):
+    other = tiny_model_dir(tmp_path / "other", seed=3)
+    out = tmp_path / "out.json"
+    prompts = str(prompts_file(tmp_path / "a.jsonl", 2))
+    args = {"--model": str(model_dir), "--out": str(out), "--max-new-tokens": "4",
+            "--batch-size": "1", "--template": "chat", "--prompts": prompts}
+    flat = lambda d: ["generate"] + [x for kv in d.items() for x in kv] + ["--greedy"]  # noqa: E731
+    assert CliRunner().invoke(main, flat(args)).exit_code == 0
+    before = out.read_bytes()
+    args[change[0]] = str(other) if change[1] == "OTHER" else change[1]
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    r = CliRunner().invoke(main, flat(args))
+    assert r.exit_code == 2 and "was made with another" in r.output and "--overwrite" in r.output
+    assert out.read_bytes() == before
+    monkeypatch.undo()
+    r = CliRunner().invoke(main, flat(args) + ["--overwrite"])
+    assert r.exit_code == 0, r.output
+    settings = json.loads(gen.settings_path(out).read_text())
+    recorded = {"--max-new-tokens": settings["sampling"]["max_new_tokens"],
+                "--model": settings["model"], "--batch-size": settings["batch_size"],
+                "--template": settings["template"]}[change[0]]
+    assert str(recorded) == args[change[0]]  # the new run's settings, not the old
 
 
 def test_sampled_outputs_resume_as_if_uninterrupted(model_dir, tmp_path):
