@@ -577,7 +577,7 @@ def preprocess(source, out, tokenizer_spec, fraction, test_size, overwrite) -> N
 def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_size,
                micro_batch_size, weight_decay, warmup_ratio, beta, gamma, reduction,
                max_prompt_length, max_response_length, precision, lora_rank, save_every, device,
-               seed, resume, overwrite) -> None:
+               seed, resume, overwrite, quiet) -> None:
     """DDPO: LoRA on the LLM's attention + the projector, token weights from RLHF-V segments."""
     from .multimodal import data as mmdata
     from .multimodal.model import load_processor, read_run, start_model, start_of
@@ -610,10 +610,29 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
                          precision=precision or default_precision(device), lora_rank=lora_rank,
                          lora_alpha=2 * lora_rank,
                          save_every=save_every, seed=seed)
-    metrics = run(out, net=net, processor=processor, dataset=dataset, eval_dataset=eval_dataset,
-                  start=model, data_source=source, config=config, device=device,
-                  resume=resume, overwrite=overwrite,
-                  inputs=inputs)
+    bar = None
+
+    def progress(step_metrics: dict, step: int, total: int) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=step - 1, desc="train-ddpo", unit="step",
+                       file=sys.stderr, dynamic_ncols=True)
+        bar.set_postfix(loss=f"{step_metrics['loss']:.4f}",
+                        acc=f"{step_metrics['rewards/accuracy']:.2f}", refresh=False)
+        bar.update(1)
+
+    try:
+        metrics = run(out, net=net, processor=processor, dataset=dataset,
+                      eval_dataset=eval_dataset, start=model, data_source=source, config=config,
+                      device=device, resume=resume, overwrite=overwrite, inputs=inputs,
+                      progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     click.echo(f"step {metrics.get('step')}: loss {metrics.get('loss', float('nan')):.6f}, reward "
                f"accuracy {metrics.get('rewards/accuracy', float('nan')):.3f}, margin "
                f"{metrics.get('rewards/margin', float('nan')):.6f}")

@@ -133,8 +133,10 @@ class Trainer:
     """One DDPO run: ``Trainer(...).run()``; see the module docstring for what it writes."""
 
     def __init__(self, net, processor, dataset, out: Path, config: TrainConfig, *,
-                 device: str = "cpu", resume: bool = False, eval_dataset=None):
+                 device: str = "cpu", resume: bool = False, eval_dataset=None, progress=None):
         import torch
+
+        self.progress = progress  # called as progress(metrics, done_steps, total_steps)
 
         self.config, self.out, self.dataset = config, Path(out), dataset
         self.eval_dataset = eval_dataset
@@ -173,6 +175,8 @@ class Trainer:
             while self.state.batch_in_epoch * bs < len(order) and self.state.step < self.total:
                 chosen = order[self.state.batch_in_epoch * bs:(self.state.batch_in_epoch + 1) * bs]
                 last = self._step([self.dataset[i] for i in chosen])
+                if self.progress is not None:
+                    self.progress(last, self.state.step, self.total)
                 self.state.batch_in_epoch += 1
                 epoch_done = self.state.batch_in_epoch * bs >= len(order)
                 if epoch_done:
@@ -413,7 +417,7 @@ def check_run_dir(out: Path, inputs=(), overwrite: bool = False) -> bool:
 def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, eval_dataset=None,
                start=None, data_source=None, config: TrainConfig = TrainConfig(),
                device: str = "cpu", resume: bool = False, overwrite: bool = False,
-               inputs: tuple[Path, ...] = ()) -> dict:
+               inputs: tuple[Path, ...] = (), progress=None) -> dict:
     """Train, checkpoint and save a DDPO run in ``out``; returns the last step's metrics.
 
     Args:
@@ -427,6 +431,7 @@ def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, eval_
         overwrite: replace an existing run in ``out`` (only a run directory, never one that
             holds or lies inside ``inputs``).
         inputs: the paths the run reads (start model parts, data).
+        progress: called after each optimizer step as ``progress(metrics, step, total)``.
     """
     out = Path(out)
     if resume:
@@ -448,5 +453,5 @@ def train_ddpo(out: str | Path, *, net=None, processor=None, dataset=None, eval_
     if len(dataset) == 0:
         raise UsageError("the training split is empty")
     trainer = Trainer(net, processor, dataset, out, config, device=device, resume=resume,
-                      eval_dataset=eval_dataset)
+                      eval_dataset=eval_dataset, progress=progress)
     return trainer.run()

@@ -35,6 +35,8 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mm") / "run"
     r = CliRunner().invoke(main, ["mm", "train-ddpo", "--tiny", "--steps", "10", "--out", str(out)])
     assert r.exit_code == 0, r.output
+    # A progress bar with the loss while it trains (stderr is mixed into r.output here).
+    assert "train-ddpo: 100%" in r.output and "10/10" in r.output and "loss=" in r.output
     return out
 
 
