@@ -39,3 +39,16 @@ def smollm2(tmp_path_factory) -> Path:
     fresh.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+@pytest.fixture(scope="session")
+def seed_results() -> Path:
+    """The seed reproduction's real output files in ../shared/data/seed-results (beside the
+    checkout, as in CI; EXPO_STREAM_SHARED names another shared/)."""
+    shared = Path(os.environ.get("EXPO_STREAM_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+    folder = shared / "data" / "seed-results"
+    if not folder.is_dir():
+        if os.environ.get("CI"):  # CI lays shared/ beside the clone: a skip would hide a break
+            pytest.fail(f"{folder} is missing")
+        pytest.skip(f"{folder} is not beside this checkout (set EXPO_STREAM_SHARED)")
+    return folder

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 import expo_stream
 from expo_stream.cli import main
-from expo_stream.errors import FormatError, UsageError
+from expo_stream.errors import UsageError
 from expo_stream.execute.verify import verify
 from expo_stream.format.writer import WRITTEN_LIST, lock_path, publish, save_checkpoint, staging_path
 

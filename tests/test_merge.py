@@ -18,7 +18,7 @@ from expo_stream.plan.schedule import group_of
 
 from .helpers import DT, TINY, bits, load_all, safetensors_loads, tiny_pair
 from .kernels.oracle import oracle
-from .kernels.test_extrapolate import AVAILABLE
+from .kernels.backends import AVAILABLE
 
 
 def run(*args):

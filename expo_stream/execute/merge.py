@@ -345,7 +345,6 @@ def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backen
     recipe = resolved_recipe(plan, which, backend)
     recipe["command"] = command
     staging.write_json(f"{sub}/{RECIPE_NAME}", recipe)
-    options = plan.options
     staging.write_text(f"{sub}/README.md", model_card_text(plan, which, command))
 
 

@@ -33,10 +33,6 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     config: dict
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Read and validate every header of the checkpoint at ``path``.

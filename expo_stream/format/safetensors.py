@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import system
 from ..errors import FormatError
-from .dtypes import ITEMSIZE, NUMPY_DTYPES
+from .dtypes import ITEMSIZE
 
 MAX_HEADER_BYTES = 100_000_000
 
@@ -270,7 +270,3 @@ class MappedFile:
                 # A view is still alive somewhere; the map closes when it is collected.
                 pass
             self._map = None
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    return NUMPY_DTYPES[name]

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from expo_stream.cli import main
 from expo_stream.generation.diagnostics import diagnose, is_repetitive, strip_echo
-
-SEED = Path(__file__).resolve().parents[3] / "shared" / "data" / "seed-results"
 
 
 def run_json(path) -> dict:
@@ -20,20 +16,18 @@ def run_json(path) -> dict:
     return json.loads(r.output)
 
 
-@pytest.mark.skipif(not SEED.is_dir(), reason="shared/data/seed-results is not beside this checkout")
-def test_seed_outputs_are_all_echoes():
+def test_seed_outputs_are_all_echoes(seed_results):
     """The reproduction's generate.py decoded prompt + answer: every output echoes."""
-    report = run_json(SEED / "expo_pred_dpo_train0.05.jsonl")
+    report = run_json(seed_results / "expo_pred_dpo_train0.05.jsonl")
     assert (report["total"], report["echo"], report["instruction_only"]) == (805, 805, 89)
     assert report["instruction_only_verbatim"] == 84  # the other 5 add only a final punctuation mark
-    layerwise = run_json(SEED / "expo_50_preds_layerwise.jsonl")
+    layerwise = run_json(seed_results / "expo_50_preds_layerwise.jsonl")
     assert (layerwise["total"], layerwise["echo"], layerwise["instruction_only"]) == (50, 50, 5)
 
 
-@pytest.mark.skipif(not SEED.is_dir(), reason="shared/data/seed-results is not beside this checkout")
-def test_strip_echo_repairs_the_seed_file(tmp_path):
+def test_strip_echo_repairs_the_seed_file(seed_results, tmp_path):
     out = tmp_path / "fixed.json"
-    r = CliRunner().invoke(main, ["check-outputs", str(SEED / "expo_pred_dpo_train0.05.jsonl"),
+    r = CliRunner().invoke(main, ["check-outputs", str(seed_results / "expo_pred_dpo_train0.05.jsonl"),
                                   "--strip-echo", str(out)])
     assert r.exit_code == 0, r.output
     fixed = run_json(out)

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from expo_stream import AlphaOutOfRangeError, extrapolate
-from expo_stream.errors import BackendUnavailableError
 from expo_stream.kernels import BACKENDS, load_backend
 from expo_stream.kernels.targets import TARGETS
 
+from .backends import AVAILABLE
 from .oracle import oracle
 
 DTYPES = {"BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16),
@@ -27,18 +27,6 @@ RAW = {2: np.uint16, 4: np.uint32}
 COMBOS = list(itertools.product(DTYPES, DTYPES, DTYPES))
 
 
-def _available():
-    found = []
-    for name in BACKENDS:
-        try:
-            load_backend(name)
-        except BackendUnavailableError:
-            continue
-        found.append(name)
-    return found
-
-
-AVAILABLE = _available()
 
 
 def test_native_and_numba_backends_load_where_installed():
