@@ -72,6 +72,35 @@ def pwrite(fd: int, data, offset: int) -> int:
         return os.write(fd, data)
 
 
+def pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` from ``offset`` without a shared file position; bytes read."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    if hasattr(os, "pread"):
+        data = os.pread(fd, view.nbytes, offset)
+    else:
+        with _SEEK_LOCK:
+            os.lseek(fd, offset, os.SEEK_SET)
+            data = os.read(fd, view.nbytes)
+    view[:len(data)] = data
+    return len(data)
+
+
+def file_size(fd: int) -> int:
+    return os.fstat(fd).st_size
+
+
+def close(fd: int) -> None:
+    os.close(fd)
+
+
+def advise_file(fd: int, advice: str, offset: int, length: int) -> None:
+    """``posix_fadvise(POSIX_FADV_<advice>)``; a no-op where the system has none."""
+    flag = getattr(os, f"POSIX_FADV_{advice}", None)
+    if flag is not None and hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, flag)
+
+
 def data_sync(fd: int) -> None:
     """Flush written data (metadata as needed to read it back): a pacing flush, not a promise."""
     if hasattr(os, "fdatasync"):
@@ -103,12 +132,6 @@ def sync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def drop_cached(fd: int) -> None:
-    """Let the page cache drop this file's (synced) pages; a no-op where it cannot be told."""
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def advise(mapped: mmap.mmap, advice: str, start: int, length: int) -> None:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import expo_stream
 from expo_stream.cli import main
 from expo_stream.execute.executor import DEFAULT_CHUNK_ELEMENTS
-from expo_stream.format.safetensors import MappedFile
+from expo_stream.sources.local import LocalFile
 from expo_stream.plan.schedule import group_of
 
 from .helpers import DT, TINY, bits, load_all, safetensors_loads, tiny_pair
@@ -93,17 +93,17 @@ def test_layer_group_boundaries_32_layers(tmp_path):
 
 def test_several_alphas_in_one_pass_read_inputs_once(tmp_path, monkeypatch):
     sft_dir, dpo_dir, sft, dpo = tiny_pair(tmp_path)
-    views = []
-    original = MappedFile.view
+    reads = []
+    original = LocalFile.read_into
 
-    def counting(self, start, end, dtype):
-        views.append((self.path, start, end))
-        return original(self, start, end, dtype)
+    def counting(self, offset, buffer):
+        reads.append((self.path, offset, buffer.nbytes))
+        return original(self, offset, buffer)
 
-    monkeypatch.setattr(MappedFile, "view", counting)
+    monkeypatch.setattr(LocalFile, "read_into", counting)
     result = expo_stream.merge(sft_dir, dpo_dir, tmp_path / "out", alpha="0.3,0.5,2")
     assert [p.name for p in result.outputs] == ["alpha-0.3", "alpha-0.5", "alpha-2"]
-    assert len(views) == len(set(views)) == 2 * len(dpo)  # each input range viewed once
+    assert len(reads) == len(set(reads)) == 2 * len(dpo)  # each input range read once
     for alpha, path in zip((0.3, 0.5, 2.0), result.outputs):
         assert_matches_oracle(path, sft, dpo, None, alpha=alpha)
 

@@ -1,11 +1,11 @@
 """Running a plan: chunked, multi-threaded, bounded in memory.
 
 The executor alone owns threads, buffers and progress. Each tensor streams through in chunks of
-at most ``chunk_elements``; a chunk reads zero-copy views of both memory-mapped inputs, runs the
-kernel once per schedule into a small buffer and ``pwrite``s it where the plan placed it. Input
-pages are released after use and the next chunk is prefetched, so reading, computing and
-writing overlap across the worker threads while resident memory stays at about
-``threads * 2`` chunks, whatever the model or tensor size.
+at most ``chunk_elements``; a chunk reads both inputs' bytes with one positional read each into
+buffers its thread reuses (sources/local.py), runs the kernel once per schedule into a reused
+output buffer and ``pwrite``s it where the plan placed it. The next chunk is prefetched and
+read pages are released, so reading, computing and writing overlap across the worker threads
+while resident memory stays at three buffers per thread, whatever the model or tensor size.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import numpy as np
 
 from ..format.dtypes import NUMPY_DTYPES
 from ..format.manifest import digest
-from ..format.safetensors import MappedFile, TensorInfo
+from ..format.safetensors import TensorInfo
 from ..format.writer import ShardFile
 from ..kernels import convert, load_backend
 from ..plan.planner import Plan, ShardJob, TensorJob
+from ..sources.local import LocalFile
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_ELEMENTS = 4 * 2**20  # 8 MiB of BF16 per input per chunk
+DEFAULT_CHUNK_ELEMENTS = 2 * 2**20  # 4 MiB of BF16 per buffer: 12-24 MiB per thread
 DEFAULT_THREADS = (os.cpu_count() or 1) + 1  # one more than cores: one may wait on the disk
 
 
@@ -65,26 +66,44 @@ def chunks(plan: Plan, chunk_elements: int, shards: list[int] | None = None) -> 
 
 
 class _Inputs:
-    """One shared read-only map per input file."""
+    """One shared reader per input file, and each worker thread's reused buffers."""
 
     def __init__(self):
-        self._maps: dict[Path, MappedFile] = {}
+        self._files: dict[Path, LocalFile] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
 
-    def get(self, path: Path) -> MappedFile:
+    def get(self, path: Path) -> LocalFile:
         with self._lock:
-            m = self._maps.get(path)
-            if m is None:
-                m = self._maps[path] = MappedFile(path)
-            return m
+            f = self._files.get(path)
+            if f is None:
+                f = self._files[path] = LocalFile(path)
+            return f
 
-    def range(self, info: TensorInfo, start: int, stop: int) -> tuple[MappedFile, int, int]:
+    def span(self, info: TensorInfo, start: int, stop: int) -> tuple[LocalFile, int, int]:
+        """The file and byte range of elements ``[start, stop)`` of a tensor."""
         size = NUMPY_DTYPES[info.dtype].itemsize
-        return self.get(info.path), info.start + start * size, info.start + stop * size
+        return self.get(info.path), info.start + start * size, (stop - start) * size
+
+    def read(self, info: TensorInfo, start: int, stop: int, slot: str) -> np.ndarray:
+        """Elements ``[start, stop)`` of a tensor, in this thread's buffer ``slot``."""
+        f, offset, length = self.span(info, start, stop)
+        buffer = self.buffer(slot, stop - start, NUMPY_DTYPES[info.dtype])
+        f.read_into(offset, buffer)
+        f.release(offset, length)
+        return buffer
+
+    def buffer(self, slot: str, n: int, dtype: np.dtype) -> np.ndarray:
+        """This thread's buffer ``slot`` as ``n`` elements of ``dtype`` (grown, never shrunk)."""
+        pool = self._local.__dict__.setdefault("pool", {})
+        raw = pool.get(slot)
+        if raw is None or raw.nbytes < n * dtype.itemsize:
+            raw = pool[slot] = np.empty(n * dtype.itemsize, np.uint8)
+        return raw[:n * dtype.itemsize].view(dtype)
 
     def close(self) -> None:
-        for m in self._maps.values():
-            m.close()
+        for f in self._files.values():
+            f.close()
 
 
 def run_plan(
@@ -117,10 +136,8 @@ def run_plan(
         if ahead is not None:
             for info in (ahead.job.dpo, ahead.job.sft):
                 if info is not None:
-                    mapped, lo, hi = inputs.range(info, ahead.start, ahead.stop)
-                    mapped.prefetch(lo, hi)
-        dmap, d0, d1 = inputs.range(job.dpo, chunk.start, chunk.stop)
-        dpo = dmap.view(d0, d1, NUMPY_DTYPES[job.dpo.dtype])
+                    inputs.get(info.path).prefetch(*inputs.span(info, ahead.start, ahead.stop)[1:])
+        dpo = inputs.read(job.dpo, chunk.start, chunk.stop, "dpo")
         out_dtype = NUMPY_DTYPES[job.dtype]
         base = len(chunk.shard.header) + job.offset + chunk.start * out_dtype.itemsize
         written = []
@@ -130,22 +147,17 @@ def run_plan(
             for files in outputs:
                 files[chunk.shard.index].pwrite(raw, base)
                 written.append(Written(base, raw.nbytes, check))
-        else:
-            smap, s0, s1 = inputs.range(job.sft, chunk.start, chunk.stop)
-            sft = smap.view(s0, s1, NUMPY_DTYPES[job.sft.dtype])
-            buffer = np.empty(chunk.stop - chunk.start, out_dtype)
-            for alpha, files in zip(job.alphas, outputs):
-                if alpha == 0.0:
-                    convert(dpo, buffer)
-                else:
-                    kernel(dpo, sft, alpha, buffer)
-                raw = buffer.view(np.uint8)
-                files[chunk.shard.index].pwrite(raw, base)
-                written.append(Written(base, raw.nbytes, digest(raw)))
-            del sft
-            smap.release(s0, s1)
-        del dpo
-        dmap.release(d0, d1)
+            return written
+        sft = inputs.read(job.sft, chunk.start, chunk.stop, "sft")
+        buffer = inputs.buffer("out", chunk.stop - chunk.start, out_dtype)
+        for alpha, files in zip(job.alphas, outputs):
+            if alpha == 0.0:
+                convert(dpo, buffer)
+            else:
+                kernel(dpo, sft, alpha, buffer)
+            raw = buffer.view(np.uint8)
+            files[chunk.shard.index].pwrite(raw, base)
+            written.append(Written(base, raw.nbytes, digest(raw)))
         return written
 
     pending: deque[Future] = deque()

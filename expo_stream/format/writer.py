@@ -213,7 +213,7 @@ class ShardFile:
             system.data_sync(self._fd)
         except OSError as exc:
             raise OutputError(f"{self.path}: sync failed ({exc.strerror})") from None
-        system.drop_cached(self._fd)
+        system.advise_file(self._fd, "DONTNEED", 0, 0)  # synced pages: let the cache drop them
 
     def close(self) -> None:
         try:
