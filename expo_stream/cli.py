@@ -313,8 +313,9 @@ def generate(model, prompts, out, greedy, temperature, top_k, top_p, max_new_tok
 
     check_disjoint(out, [prompts, *([Path(model)] if Path(model).exists() else [])])
 
+    from .device import pick_device
     from .generation.generate import (GREEDY, PAPER, generate_outputs, load_model, load_prompts,
-                                      pick_device, resumable, run_settings)
+                                      resumable, run_settings)
     from .hub import resolve
 
     sampling = GREEDY if greedy else PAPER
@@ -335,7 +336,7 @@ def generate(model, prompts, out, greedy, temperature, top_k, top_p, max_new_tok
 
 
 def _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size):
-    from .generation.generate import pick_device
+    from .device import pick_device
     from .generation.score import ImplicitRewardScorer, RewardModelScorer
 
     device = pick_device(device)
@@ -403,7 +404,8 @@ def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, 
     """Build every α candidate in one pass, generate, score; report reward and length per α."""
     from dataclasses import replace
 
-    from .generation.generate import GREEDY, PAPER, load_prompts, pick_device
+    from .device import pick_device
+    from .generation.generate import GREEDY, PAPER, load_prompts
     from .generation.select import select_alpha as run, verdict
     from .plan.options import parse_alpha_list
 
@@ -582,7 +584,8 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
     from .multimodal import data as mmdata
     from .multimodal.model import load_processor, read_run, start_model, start_of
     from .multimodal.tiny import toy_rows
-    from .multimodal.train import TrainConfig, check_run_dir, default_device, default_precision
+    from .device import pick_device
+    from .multimodal.train import TrainConfig, check_run_dir, default_precision
     from .multimodal.train import train_ddpo as run
 
     inputs = tuple(p for p in (vision, llm, model, data) if p is not None)
@@ -601,7 +604,7 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
         tokenizer = processor.tokenizer
     rows = toy_rows(source["tiny"]) if "tiny" in source else source["path"]
     dataset, eval_dataset = mmdata.splits(rows, tokenizer)
-    device = device or default_device()
+    device = pick_device(device)
     config = TrainConfig(lr=lr if lr is not None else (1e-3 if tiny else 2e-6), epochs=epochs,
                          batch_size=batch_size, micro_batch_size=micro_batch_size,
                          weight_decay=weight_decay, warmup_ratio=warmup_ratio, beta=beta,

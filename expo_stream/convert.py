@@ -18,13 +18,10 @@ import ml_dtypes
 import numpy as np
 
 from .errors import FormatError, UsageError
-from .format.checkpoint import INDEX_NAME
-from .format.writer import write_safetensors
+from .format.checkpoint import INDEX_NAME, SIDE_FILES, shard_name
+from .format.writer import publish, write_safetensors
 
 BIN_INDEX = "pytorch_model.bin.index.json"
-SIDE = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-        "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-        "merges.txt", "chat_template.jinja")
 
 
 def bin_files(directory: Path) -> list[Path]:
@@ -61,27 +58,27 @@ def ensure_safetensors(directory: Path, cache: Path | None = None) -> Path:
     target = (cache or cache_root()) / key
     if (target / ".complete").is_file():
         return target
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    weight_map = {}
-    for i, src in enumerate(files):
-        try:
-            state = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # torch raises many types for a bad or unsafe pickle
-            raise FormatError(f"{src}: cannot load safely with weights_only=True "
-                              f"({str(exc).splitlines()[0]})") from None
-        name = f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
-        write_safetensors(partial / name, {k: _to_numpy(src, k, v) for k, v in state.items()})
-        weight_map.update({k: name for k in state})
-        del state
-    (partial / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=1))
-    for side in SIDE:
-        if (Path(directory) / side).is_file():
-            shutil.copy2(Path(directory) / side, partial / side)
-    (partial / ".complete").write_text(str(Path(directory).resolve()))
-    shutil.rmtree(target, ignore_errors=True)
-    os.rename(partial, target)
+    def write(partial: Path) -> None:
+        weight_map = {}
+        for i, src in enumerate(files):
+            try:
+                state = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # torch raises many types for a bad or unsafe pickle
+                raise FormatError(f"{src}: cannot load safely with weights_only=True "
+                                  f"({str(exc).splitlines()[0]})") from None
+            name = shard_name(i, len(files))
+            write_safetensors(partial / name, {k: _to_numpy(src, k, v) for k, v in state.items()})
+            weight_map.update({k: name for k in state})
+            del state
+        if len(files) > 1:
+            (partial / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=1))
+        for side in ("config.json", *SIDE_FILES):
+            if (Path(directory) / side).is_file():
+                shutil.copy2(Path(directory) / side, partial / side)
+        (partial / ".complete").write_text(str(Path(directory).resolve()))
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    publish(target, write, inputs=[Path(directory)])
     return target
 
 

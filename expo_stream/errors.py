@@ -7,6 +7,8 @@ line, name the file and the tensor where there is one, and say what was expected
 
 from __future__ import annotations
 
+import errno
+
 
 class ExpoStreamError(Exception):
     """Root of expo-stream's errors."""
@@ -42,3 +44,11 @@ class OutputError(ExpoStreamError):
 
 class TrainingError(ExpoStreamError):
     """Training cannot go on (out of memory at micro-batch 1, a run that cannot be resumed)."""
+
+
+def os_problem(exc: OSError) -> str:
+    """How a failed file operation reads in a message: ``disk full`` for ENOSPC, else the
+    system's words."""
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    return exc.strerror or str(exc)

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ExpoStreamError, UsageError
+from .format.checkpoint import INDEX_NAME, SIDE_FILES
 
 REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
-# What a merge needs from a model repo; nothing else is downloaded.
-SIDE_FILES = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
-              "added_tokens.json", "vocab.json", "merges.txt", "*.model", "chat_template.*"]
-MERGE_FILES = ["*.safetensors", "model.safetensors.index.json", *SIDE_FILES]
-BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json", *SIDE_FILES]
+# What a merge needs from a model repo (the side files a merge copies); nothing else is downloaded.
+_MODEL_FILES = ["config.json", *SIDE_FILES]
+MERGE_FILES = ["*.safetensors", INDEX_NAME, *_MODEL_FILES]
+BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json", *_MODEL_FILES]
 
 
 class HubError(ExpoStreamError):

@@ -108,6 +108,7 @@ def test_multipart_lfs_upload(hub, tmp_path, monkeypatch):
 
 def test_inputs_by_repo_id_and_offline_cache(hub, tmp_path):
     sft, dpo, _, _ = tiny_pair(tmp_path)
+    (dpo / "preprocessor_config.json").write_text('{"image_size": 8}')  # a LLaVA's processor
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
     for name, folder in (("org/sft", sft), ("org/dpo", dpo)):
         api.create_repo(name, private=True)
@@ -121,6 +122,7 @@ def test_inputs_by_repo_id_and_offline_cache(hub, tmp_path):
 
     hub_tensors = {k: v.tobytes() for k, v in load_all(tmp_path / "hub-out").items()}
     assert hub_tensors == {k: v.tobytes() for k, v in load_all(tmp_path / "local-out").items()}
+    assert (tmp_path / "hub-out" / "preprocessor_config.json").read_text() == '{"image_size": 8}'
     card = ModelCard.load(tmp_path / "hub-out" / "README.md")
     assert card.data.base_model == ["org/sft", "org/dpo"]  # repo ids, without the revision
     # Offline: the cache alone serves the same repo ids.

@@ -25,7 +25,7 @@ from ..format.dtypes import NUMPY_DTYPES
 from ..format.manifest import digest
 from ..format.safetensors import TensorInfo
 from ..format.writer import ShardFile
-from ..kernels import convert, load_backend
+from ..kernels import apply, load_backend
 from ..plan.planner import Plan, ShardJob, TensorJob
 from ..sources.local import LocalFile
 
@@ -151,10 +151,7 @@ def run_plan(
         sft = inputs.read(job.sft, chunk.start, chunk.stop, "sft")
         buffer = inputs.buffer("out", chunk.stop - chunk.start, out_dtype)
         for alpha, files in zip(job.alphas, outputs):
-            if alpha == 0.0:
-                convert(dpo, buffer)
-            else:
-                kernel(dpo, sft, alpha, buffer)
+            apply(kernel, dpo, sft, alpha, buffer)
             raw = buffer.view(np.uint8)
             files[chunk.shard.index].pwrite(raw, base)
             written.append(Written(base, raw.nbytes, digest(raw)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -12,8 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..card import model_card_text
-from ..errors import ExpoStreamError, OutputError, PlanError, UsageError
-from ..format.checkpoint import INDEX_NAME, open_checkpoint
+from ..errors import ExpoStreamError, OutputError, PlanError, UsageError, os_problem
+from ..format.checkpoint import INDEX_NAME, SIDE_FILES, open_checkpoint
 from ..format.dtypes import TORCH_NAMES
 from ..format.manifest import ShardRecord, check_file, digest, read_manifest, write_manifest
 from ..format.writer import ShardFile, Staging
@@ -28,11 +27,6 @@ from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS, Chunk, Written, r
 log = logging.getLogger(__name__)
 
 RECIPE_NAME = "expo_recipe.json"
-# Files besides the weights that a model directory needs, copied from DPO.
-SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-              "merges.txt", "chat_template.jinja", "chat_template.json",
-              "preprocessor_config.json", "processor_config.json")
 
 
 @dataclass(frozen=True, repr=False)
@@ -183,8 +177,7 @@ def merge(
         staging.abort()  # a write failed (disk full...): leave nothing behind
         if isinstance(exc, OutputError):
             raise
-        what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
-        raise OutputError(f"{exc.filename or staging.path}: {what}") from None
+        raise OutputError(f"{exc.filename or staging.path}: {os_problem(exc)}") from None
     except BaseException:
         shards.close()  # killed or interrupted: keep finished shards for a resumed run
         staging.release()

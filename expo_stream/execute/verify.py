@@ -19,10 +19,10 @@ from ..format.checkpoint import open_checkpoint
 from ..format.dtypes import NUMPY_DTYPES
 from ..format.manifest import MANIFEST_NAME, check_file, differing_ranges, read_manifest
 from ..format.safetensors import MappedFile, TensorInfo
-from ..kernels import convert, load_backend, resolve_backend
+from ..kernels import apply, load_backend, resolve_backend
+from .executor import DEFAULT_CHUNK_ELEMENTS
 from .merge import RECIPE_NAME
 
-CHUNK = 4 * 2**20
 
 
 @dataclass
@@ -158,17 +158,14 @@ def _recompute(name, entry, out: TensorInfo, d: TensorInfo | None, s: TensorInfo
     if not copied and (s is None or s.shape != out.shape):
         return "SFT input lacks it or its shape changed"
     out_dtype = NUMPY_DTYPES[out.dtype]
-    for lo in range(0, out.numel, CHUNK):
-        hi = min(lo + CHUNK, out.numel)
+    for lo in range(0, out.numel, DEFAULT_CHUNK_ELEMENTS):
+        hi = min(lo + DEFAULT_CHUNK_ELEMENTS, out.numel)
         got = view(out, lo, hi)
         if copied:
             want = view(d, lo, hi)
         else:
             want = np.empty(hi - lo, out_dtype)
-            if entry["alpha"] == 0:
-                convert(view(d, lo, hi), want)
-            else:
-                kernel(view(d, lo, hi), view(s, lo, hi), entry["alpha"], want)
+            apply(kernel, view(d, lo, hi), view(s, lo, hi), float(entry["alpha"]), want)
         mismatch = np.nonzero(np.any(got.view(np.uint8).reshape(hi - lo, -1)
                                      != want.view(np.uint8).reshape(hi - lo, -1), axis=1))[0]
         if mismatch.size:

@@ -15,6 +15,35 @@ from .safetensors import Header, TensorInfo, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+# Files besides the weights that make a model directory usable (copied from DPO by a merge,
+# downloaded with a Hub checkpoint, kept by a .bin conversion); config.json is handled apart.
+SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+              "merges.txt", "chat_template.jinja", "chat_template.json",
+              "preprocessor_config.json", "processor_config.json")
+
+
+def shard_name(index: int, count: int) -> str:
+    """transformers' name for shard ``index`` (from 0) of ``count``; one file is model.safetensors."""
+    return SINGLE_NAME if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def group_shards(sizes: list[int], max_bytes: int | None) -> list[list[int]]:
+    """Indices of consecutive items grouped greedily into shards of at most ``max_bytes``
+    (an item larger than that gets a shard of its own), as transformers shards a checkpoint.
+
+    >>> group_shards([3, 3, 3, 9, 1], 6)
+    [[0, 1], [2], [3], [4]]
+    """
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i, n in enumerate(sizes):
+        if groups[-1] and max_bytes is not None and size + n > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += n
+    return groups
 
 
 @dataclass(frozen=True)

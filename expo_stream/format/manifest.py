@@ -10,15 +10,13 @@ the same digests; ``expo-stream verify`` checks a finished output the same way.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
 
-from .. import system
 from ..errors import FormatError
-from .writer import unique_temp
+from .writer import replace_file
 
 MANIFEST_NAME = "expo_manifest.json"
 
@@ -82,11 +80,6 @@ def read_manifest(directory: Path) -> dict | None:
 
 
 def write_manifest(directory: Path, fingerprint: str, shards: dict[str, dict]) -> None:
-    """Replace the manifest atomically (temporary file, fsync, rename)."""
-    path = Path(directory) / MANIFEST_NAME
-    tmp = unique_temp(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"fingerprint": fingerprint, "shards": shards}, f)
-        f.flush()
-        system.durable_sync(f.fileno())
-    os.replace(tmp, path)
+    """Replace the manifest atomically and durably."""
+    data = json.dumps({"fingerprint": fingerprint, "shards": shards}).encode()
+    replace_file(Path(directory) / MANIFEST_NAME, data, durable=True)

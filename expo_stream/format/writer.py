@@ -17,7 +17,6 @@ Two rules keep a user's data safe:
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import system
-from ..errors import OutputError, UsageError
+from ..errors import OutputError, UsageError, os_problem
 from .safetensors import encode_header
 
 SYNC_EVERY_BYTES = 64 * 2**20  # flush dirty pages in steps so they do not pile up
@@ -46,6 +45,26 @@ def lock_path(out: Path) -> Path:
 def unique_temp(path: Path) -> Path:
     """A temporary name beside ``path`` that no other process or thread will choose."""
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def replace_file(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, renamed over it.
+
+    ``durable`` syncs the data first, so that after a crash the file holds the old bytes or the
+    new ones (the manifest needs that; a resumable output file can be rewritten instead).
+    """
+    path = Path(path)
+    tmp = unique_temp(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                system.durable_sync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class OutputLock:
@@ -183,8 +202,7 @@ class ShardFile:
             self.pwrite(header, 0)
         except OSError as exc:
             os.close(self._fd)
-            what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
-            raise OutputError(f"{path}: cannot reserve {size} bytes ({what})") from None
+            raise OutputError(f"{path}: cannot reserve {size} bytes ({os_problem(exc)})") from None
         except BaseException:
             os.close(self._fd)
             raise
@@ -198,8 +216,7 @@ class ShardFile:
                 n = system.pwrite(self._fd, view, offset)
                 view, offset = view[n:], offset + n
         except OSError as exc:
-            what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
-            raise OutputError(f"{self.path}: write failed at byte {offset} ({what})") from None
+            raise OutputError(f"{self.path}: write failed at byte {offset} ({os_problem(exc)})") from None
         with self._lock:
             self._unsynced += size
             flush = self._unsynced >= SYNC_EVERY_BYTES
@@ -272,8 +289,7 @@ class Staging:
                 f.flush()
                 system.durable_sync(f.fileno())
         except OSError as exc:
-            what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
-            raise OutputError(f"{target}: write failed ({what})") from None
+            raise OutputError(f"{target}: write failed ({os_problem(exc)})") from None
 
     def write_json(self, relative: str, obj: object) -> None:
         self.write_text(relative, json.dumps(obj, indent=2, sort_keys=False) + "\n")
@@ -343,26 +359,20 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None
 def save_checkpoint(directory: Path, tensors: dict, max_shard_bytes: int | None = None,
                     config: dict | None = None) -> None:
     """Write a checkpoint directory: one ``model.safetensors``, or shards plus an index."""
+    from .checkpoint import INDEX_NAME, group_shards, shard_name
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    groups: list[dict] = [{}]
-    size = 0
-    for name, arr in tensors.items():
-        if groups[-1] and max_shard_bytes is not None and size + arr.nbytes > max_shard_bytes:
-            groups.append({})
-            size = 0
-        groups[-1][name] = arr
-        size += arr.nbytes
-    if len(groups) == 1:
-        write_safetensors(directory / "model.safetensors", groups[0])
-    else:
-        weight_map = {}
-        for i, group in enumerate(groups):
-            filename = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-            write_safetensors(directory / filename, group)
-            weight_map.update({name: filename for name in group})
+    names = list(tensors)
+    groups = group_shards([tensors[n].nbytes for n in names], max_shard_bytes)
+    weight_map = {}
+    for i, group in enumerate(groups):
+        filename = shard_name(i, len(groups))
+        write_safetensors(directory / filename, {names[k]: tensors[names[k]] for k in group})
+        weight_map.update({names[k]: filename for k in group})
+    if len(groups) > 1:
         total = sum(a.nbytes for a in tensors.values())
-        (directory / "model.safetensors.index.json").write_text(json.dumps(
+        (directory / INDEX_NAME).write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     if config is not None:
         (directory / "config.json").write_text(json.dumps(config, indent=2))

@@ -9,12 +9,11 @@ after the prompt are decoded, special tokens skipped.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import FormatError, UsageError
-from ..format.writer import unique_temp
+from ..format.writer import replace_file
 from .diagnostics import read_records
 
 
@@ -52,14 +51,6 @@ def load_prompts(path: str | Path) -> list[dict]:
             instruction = f"{instruction}\n\n{row['input']}"
         prompts.append({"instruction": instruction, "dataset": row.get("dataset", path.stem)})
     return prompts
-
-
-def pick_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_model(model: str | Path, device: str, dtype: str | None, gguf_file: str | None = None):
@@ -206,6 +197,4 @@ def _load_done(out: Path | None, prompts: list[dict]) -> list[dict]:
 
 
 def _save(out: Path, data) -> None:
-    tmp = unique_temp(Path(out))
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    replace_file(out, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -111,6 +111,15 @@ def convert(values: np.ndarray, out: np.ndarray) -> None:
         out.view(np.uint16 if target.bits == 16 else np.uint32)[nan] = target.nan_bits
 
 
+def apply(kernel: Kernel, dpo: np.ndarray, sft: np.ndarray, alpha: float, out: np.ndarray) -> None:
+    """One chunk under the contract: α = 0 is C3's conversion of ``dpo``, any other α the kernel
+    (``kernel`` from :func:`load_backend`; flat, contiguous, non-overlapping arrays)."""
+    if alpha == 0.0:
+        convert(dpo, out)
+    else:
+        kernel(dpo, sft, alpha, out)
+
+
 def extrapolate(
     dpo: np.ndarray,
     sft: np.ndarray,
@@ -160,10 +169,7 @@ def extrapolate(
     # may read an element again after writing an earlier one (the native kernel does).
     direct = out.flags.c_contiguous and not (np.may_share_memory(out, d) or np.may_share_memory(out, s))
     flat = out.reshape(-1) if direct else np.empty(out.size, out.dtype)
-    if alpha == 0.0:
-        convert(d, flat)
-    else:
-        load_backend(resolve_backend(backend))(d, s, alpha, flat)
+    apply(load_backend(resolve_backend(backend)), d, s, alpha, flat)
     if not direct:
         out[...] = flat.reshape(out.shape)
     return out

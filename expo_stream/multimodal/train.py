@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..errors import TrainingError, UsageError
-from ..format.writer import check_disjoint
+from ..format.writer import check_disjoint, publish
 from . import ddpo
 from .model import (ADAPTER_DIR, PROJECTOR_FILE, RUN_FILE, START_DIR, add_adapters,
                     load_model_dir, projector_state, read_run, start_of)
@@ -103,12 +103,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     if step <= warmup:
         return step / warmup
     return max(0.0, (total - step + 1) / (total - warmup))
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_precision(device: str) -> str:
@@ -299,20 +293,20 @@ class Trainer:
         import torch
 
         final = self.out / "checkpoints" / f"step-{self.state.step}"
-        tmp = final.with_name(f".{final.name}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self._write_weights(tmp)
-        self.processor.save_pretrained(tmp / "processor")
-        self.model_config.save_pretrained(tmp)
-        (tmp / "train_config.json").write_text(json.dumps(asdict(self.config), indent=1) + "\n")
-        torch.save({"optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict() if self.scaler else None,
-                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state)) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path) -> None:
+            self._write_weights(tmp)
+            self.processor.save_pretrained(tmp / "processor")
+            self.model_config.save_pretrained(tmp)
+            (tmp / "train_config.json").write_text(json.dumps(asdict(self.config), indent=1) + "\n")
+            torch.save({"optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict() if self.scaler else None,
+                        "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(self.state)) + "\n")
+
+        # A resumed run re-saves the step it resumed from: replacing our own checkpoint.
+        return publish(final, write, overwrite=True)
 
     def _resume(self) -> None:
         import torch

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import PlanError
-from ..format.checkpoint import Checkpoint
+from ..format.checkpoint import Checkpoint, group_shards, shard_name
 from ..format.dtypes import ITEMSIZE, MERGEABLE, is_float
 from ..format.safetensors import TensorInfo, encode_header
 from .options import MergeOptions
 from .schedule import LayerRef, Schedule, group_of, layer_table
 
-SINGLE_SHARD_NAME = "model.safetensors"
 SHOWN = 3  # examples per kind of mismatch in a PlanError; the rest are counted
 # config.json fields that decide tensor names and shapes: a difference explains a mismatch.
 ARCHITECTURE_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size",
@@ -226,22 +225,13 @@ def _check_layer_count(dpo: Checkpoint, layers: dict[str, LayerRef]) -> None:
 
 def _layout(jobs: list[TensorJob], max_shard_size: int) -> tuple[ShardJob, ...]:
     """Greedy shards in DPO's on-disk order, as transformers' shard_checkpoint does."""
-    groups: list[list[TensorJob]] = [[]]
-    size = 0
-    for job in jobs:
-        if groups[-1] and size + job.nbytes > max_shard_size:
-            groups.append([])
-            size = 0
-        groups[-1].append(job)
-        size += job.nbytes
-    n = len(groups)
+    groups = group_shards([job.nbytes for job in jobs], max_shard_size)
     shards = []
     for i, group in enumerate(groups):
-        filename = SINGLE_SHARD_NAME if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
         placed, offset = [], 0
-        for job in group:
+        for job in (jobs[k] for k in group):
             placed.append(replace(job, offset=offset))
             offset += job.nbytes
         header = encode_header(((t.name, t.dtype, t.shape) for t in placed), HEADER_METADATA)
-        shards.append(ShardJob(i, filename, header, tuple(placed)))
+        shards.append(ShardJob(i, shard_name(i, len(groups)), header, tuple(placed)))
     return tuple(shards)
