@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from expo_stream.demo import llama_shapes  # noqa: E402
+from expo_stream.format.checkpoint import group_shards, shard_name  # noqa: E402
 from expo_stream.format.safetensors import encode_header  # noqa: E402
 
 COMMON = {"max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
@@ -56,18 +57,13 @@ def parameter_count(name: str) -> int:
 def _write_checkpoint(directory: Path, shapes: dict, block: np.ndarray, shard_bytes: int,
                       config: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    groups, size = [[]], 0
-    for name, shape in shapes.items():
-        nbytes = int(np.prod(shape)) * 2
-        if groups[-1] and size + nbytes > shard_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append((name, shape))
-        size += nbytes
+    items = list(shapes.items())
+    groups = [[items[j] for j in group]
+              for group in group_shards([int(np.prod(shape)) * 2 for _, shape in items], shard_bytes)]
     weight_map, cursor = {}, 0
     raw = block.view(np.uint8)
     for i, group in enumerate(groups):
-        filename = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        filename = shard_name(i, len(groups))
         header = encode_header((name, "BF16", shape) for name, shape in group)
         weight_map.update({name: filename for name, _ in group})
         fd = os.open(directory / filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

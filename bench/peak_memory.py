@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rss import run_sampled  # noqa: E402
 
+from expo_stream.format.checkpoint import shard_name  # noqa: E402
 from expo_stream.format.safetensors import encode_header  # noqa: E402
 
 VOCAB, HIDDEN = 128256, 4096
@@ -61,7 +62,7 @@ def make_pair(root: Path) -> tuple[Path, Path]:
     shards = [[big[0]], [big[1]] + tiny]
     weight_map = {}
     for i, group in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        name = shard_name(i, len(shards))
         write_file(dpo_dir / name, [(n, s, dpo_rows if len(s) == 2 else (lambda k, r, s=s: np.full(s, 1.001, ml_dtypes.bfloat16))) for n, s in group])
         weight_map.update({n: name for n, _ in group})
     (dpo_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))

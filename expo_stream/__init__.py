@@ -10,12 +10,12 @@ from .errors import (
     AlphaOutOfRangeError, BackendUnavailableError, ExpoStreamError, FormatError, OutputError,
     PlanError, UsageError,
 )
-from .execute.merge import MergeResult, make_options, merge, plan_merge
+from .execute.merge import MergeResult, make_options, merge, plan_merge, write_plan
 from .kernels import extrapolate
 from .version import __version__
 
 __all__ = [
-    "merge", "plan_merge", "make_options", "MergeResult", "extrapolate", "__version__",
+    "merge", "plan_merge", "make_options", "write_plan", "MergeResult", "extrapolate", "__version__",
     "ExpoStreamError", "UsageError", "AlphaOutOfRangeError", "FormatError", "PlanError",
     "BackendUnavailableError", "OutputError",
 ]

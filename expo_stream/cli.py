@@ -132,30 +132,19 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
     Reads both checkpoints tensor by tensor in bounded memory; output appears at OUT only when
     complete. A re-run of an interrupted merge resumes it.
     """
-    from .execute.merge import make_options, merge as run_merge, plan_merge
+    from .execute.merge import make_options, plan_merge, write_plan
     from .report import describe_plan
 
-    recipe_data = None
-    if recipe is not None:
-        from .plan.options import read_recipe
-
-        recipe_data = read_recipe(recipe)
-    from_recipe = (recipe_data is not None and sft is None, recipe_data is not None and dpo is None)
-    if recipe_data is not None:
-        sft, dpo = sft or recipe_data.get("sft"), dpo or recipe_data.get("dpo")
-    sft, dpo = _inputs(sft, dpo, recipe, from_recipe)
-    options = make_options(sft.path, dpo.path, alpha=alpha, layer_alphas=layer_alphas,
-                           non_layer_alpha=non_layer_alpha, recipe=recipe,
-                           recipe_data=recipe_data, dtype=dtype, max_shard_size=max_shard_size,
-                           copy_unmatched=copy_unmatched, sft_name=sft_name or sft.repo_id,
-                           dpo_name=dpo_name or dpo.repo_id)
-    chosen = resolve_backend(backend)
+    options = make_options(sft, dpo, alpha=alpha, layer_alphas=layer_alphas,
+                           non_layer_alpha=non_layer_alpha, recipe=recipe, dtype=dtype,
+                           max_shard_size=max_shard_size, copy_unmatched=copy_unmatched,
+                           sft_name=sft_name, dpo_name=dpo_name)
     plan = plan_merge(options)
     if dry_run:
         from .format.writer import check_output
 
         check_output(out, [options.sft, options.dpo], overwrite)  # what the run would refuse
-        click.echo(describe_plan(plan, describe_backend(chosen)))
+        click.echo(describe_plan(plan, describe_backend(resolve_backend(backend))))
         return
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -169,9 +158,9 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm() if bar is not None else contextlib.nullcontext():
-            result = run_merge(out=out, plan=plan, backend=chosen, threads=threads,
-                               overwrite=overwrite, command=_command_line(),
-                               progress=bar.update if bar is not None else None)
+            result = write_plan(plan, out, backend=backend, threads=threads,
+                                overwrite=overwrite, command=_command_line(),
+                                progress=bar.update if bar is not None else None)
     except (KeyboardInterrupt, Terminated) as exc:
         from .format.manifest import read_manifest
         from .format.writer import staging_path
@@ -198,33 +187,6 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         if len(result.outputs) != 1:
             raise UsageError("--push-to takes one model; push each alpha-* directory with `push`")
         click.echo(hub_push(result.outputs[0], push_to, private=private))
-
-
-def _inputs(sft: str | None, dpo: str | None, recipe: Path | None = None,
-            from_recipe: tuple[bool, bool] = (False, False)):
-    """Resolve --sft/--dpo (or the recipe's) to local paths, downloading Hub repo ids.
-
-    An input the recipe named gets errors that name the recipe.
-    """
-    if sft is None or dpo is None:
-        where = f"{recipe}: the recipe or the command line must name" if recipe else "give"
-        raise UsageError(f"{where} both --sft and --dpo")
-    from dataclasses import replace
-
-    from .convert import ensure_safetensors
-    from .hub import resolve
-
-    sources = []
-    for spec, in_recipe in zip((sft, dpo), from_recipe):
-        try:
-            source = resolve(spec)
-        except ExpoStreamError as exc:
-            if not in_recipe:
-                raise
-            raise type(exc)(f"{recipe}: {exc} (relative paths are read from the recipe's "
-                            "directory)") from None
-        sources.append(replace(source, path=ensure_safetensors(source.path)))
-    return tuple(sources)
 
 
 def _command_line() -> str:
@@ -409,12 +371,11 @@ def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, 
     from .generation.select import select_alpha as run, verdict
     from .plan.options import parse_alpha_list
 
-    sft_src, dpo_src = _inputs(sft, dpo, None)
     sampling = GREEDY if greedy else PAPER
     if max_new_tokens:
         sampling = replace(sampling, max_new_tokens=max_new_tokens)
-    factory = _scorer(reward_model, implicit_reward, sft_src.path, dpo_src.path, beta, device, batch_size)
-    report = run(sft_src.path, dpo_src.path, list(parse_alpha_list(alphas, "alphas")),
+    factory = _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size)
+    report = run(sft, dpo, list(parse_alpha_list(alphas, "alphas")),
                  load_prompts(prompts), out, scorer_factory=factory, sampling=sampling,
                  device=pick_device(device), batch_size=batch_size, keep=keep, overwrite=overwrite)
     click.echo((Path(out) / "report.md").read_text())
@@ -533,6 +494,31 @@ def preprocess(source, out, tokenizer_spec, fraction, test_size, overwrite) -> N
     click.echo(f"wrote {out}")
 
 
+def _train_options(fn):
+    """One option per TrainConfig setting, with the type, limits and help the config declares.
+
+    Unset options arrive as None so that ``TrainConfig.for_run`` applies the defaults, including
+    those that depend on the run (lr with --tiny, LoRA α from the rank, precision by device).
+    """
+    from dataclasses import fields
+
+    from .multimodal.train import TrainConfig
+
+    for f in reversed(fields(TrainConfig)):
+        meta = f.metadata
+        if "choices" in meta:
+            kind = click.Choice(meta["choices"])
+        else:
+            rng = click.IntRange if meta["type"] is int else click.FloatRange
+            bounds = {k: meta[k] for k in ("min", "max", "min_open", "max_open") if k in meta}
+            kind = rng(**bounds) if bounds else meta["type"]
+        shown = "" if f.default is None or meta["run_default"] else f"  [default: {f.default}]"
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        fn = click.option(flag, f.name, type=kind, default=None,
+                          help=meta["help"] + shown)(fn)
+    return fn
+
+
 @mm.command("train-ddpo")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--tiny", is_flag=True,
@@ -543,54 +529,26 @@ def preprocess(source, out, tokenizer_spec, fraction, test_size, overwrite) -> N
 @click.option("--model", type=click.Path(path_type=Path), help="An existing LLaVA model directory.")
 @click.option("--data", type=click.Path(path_type=Path),
               help="`mm preprocess` output, or raw RLHF-V data (preprocessed in memory).")
-@click.option("--steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
-@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True,
-              help="Passes over the training split.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default 2e-6 (1e-3 with --tiny).")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
-              help="Global batch (pairs per optimizer step).")
-@click.option("--micro-batch-size", type=click.IntRange(1), default=2, show_default=True,
-              help="Pairs per forward pass (halved on out-of-memory); gradients accumulate.")
-@click.option("--weight-decay", type=click.FloatRange(0), default=0.01, show_default=True,
-              help="AdamW weight decay.")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.03, show_default=True,
-              help="Fraction of steps with a linear learning-rate warm-up.")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True, help="DPO's β.")
-@click.option("--gamma", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
-              help="Weight of corrected-segment tokens.")
-@click.option("--reduction", type=click.Choice(["mean", "sum"]), default="mean", show_default=True,
-              help="Sequence score: weighted mean (RLHF-V eq. 5) or weighted sum (released code).")
-@click.option("--max-prompt-length", type=click.IntRange(1), default=256, show_default=True,
-              help="Question tokens kept (cut from the question, never the image tokens).")
-@click.option("--max-response-length", type=click.IntRange(1), default=256, show_default=True,
-              help="Response tokens kept.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
-              help="Default: fp32 on CPU, bf16 on CUDA (fp16 + GradScaler without bf16). "
-                   "bf16: autocast, no GradScaler; fp16: autocast + GradScaler.")
-@click.option("--lora-rank", type=click.IntRange(1), default=8, show_default=True,
-              help="LoRA rank on the language model's q/k/v/o (LoRA α is twice the rank).")
-@click.option("--save-every", type=click.IntRange(1), help="Also checkpoint every N steps.")
+@_train_options
 @click.option("--device", help="cpu, cuda, cuda:1... (default: CUDA if present).")
-@click.option("--seed", type=int, default=42, show_default=True,
-              help="Seed for the tiny model, data order and dropout.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier training run in --out.")
 @_errors
-def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_size,
-               micro_batch_size, weight_decay, warmup_ratio, beta, gamma, reduction,
-               max_prompt_length, max_response_length, precision, lora_rank, save_every, device,
-               seed, resume, overwrite, quiet) -> None:
+def train_ddpo(out, tiny, vision, llm, model, data, device, resume, overwrite, quiet,
+               **settings) -> None:
     """DDPO: LoRA on the LLM's attention + the projector, token weights from RLHF-V segments."""
     from .multimodal import data as mmdata
     from .multimodal.model import load_processor, read_run, start_model, start_of
     from .multimodal.tiny import toy_rows
     from .device import pick_device
-    from .multimodal.train import TrainConfig, check_run_dir, default_precision
+    from .multimodal.train import TrainConfig, check_run_dir
     from .multimodal.train import train_ddpo as run
 
     inputs = tuple(p for p in (vision, llm, model, data) if p is not None)
     if not resume:
         check_run_dir(out, inputs, overwrite)  # before loading anything
+    device = pick_device(device)
+    config = TrainConfig.for_run(tiny=tiny, device=device, **settings)  # a resume reads its own
     if resume:
         source = read_run(out)["data"]
         net = processor = None
@@ -600,19 +558,11 @@ def train_ddpo(out, tiny, vision, llm, model, data, steps, epochs, lr, batch_siz
                   else {"tiny": 32} if tiny else None)
         if source is None:
             raise UsageError("--data is required (or --tiny for the toy data)")
-        net, processor = start_model(tiny=tiny, vision=vision, llm=llm, model=model, seed=seed)
+        net, processor = start_model(tiny=tiny, vision=vision, llm=llm, model=model,
+                                     seed=config.seed)
         tokenizer = processor.tokenizer
     rows = toy_rows(source["tiny"]) if "tiny" in source else source["path"]
     dataset, eval_dataset = mmdata.splits(rows, tokenizer)
-    device = pick_device(device)
-    config = TrainConfig(lr=lr if lr is not None else (1e-3 if tiny else 2e-6), epochs=epochs,
-                         batch_size=batch_size, micro_batch_size=micro_batch_size,
-                         weight_decay=weight_decay, warmup_ratio=warmup_ratio, beta=beta,
-                         gamma=gamma, reduction=reduction, max_prompt_length=max_prompt_length,
-                         max_response_length=max_response_length, max_steps=steps,
-                         precision=precision or default_precision(device), lora_rank=lora_rank,
-                         lora_alpha=2 * lora_rank,
-                         save_every=save_every, seed=seed)
     bar = None
 
     def progress(step_metrics: dict, step: int, total: int) -> None:

@@ -19,6 +19,7 @@ from ..format.writer import ShardFile, Staging
 from ..kernels import describe_backend, resolve_backend
 from ..plan.options import (
     DEFAULT_MAX_SHARD_SIZE, MergeOptions, build_schedules, load_recipe, parse_dtype, parse_size,
+    read_recipe,
 )
 from ..plan.planner import Plan, build_plan
 from ..version import __version__
@@ -57,7 +58,6 @@ def make_options(
     layer_alphas: str | list | None = None,
     non_layer_alpha: str | float | None = None,
     recipe: str | Path | None = None,
-    recipe_data: dict | None = None,
     dtype: str | None = None,
     max_shard_size: str | int | None = None,
     copy_unmatched: bool = False,
@@ -66,35 +66,65 @@ def make_options(
 ) -> MergeOptions:
     """MergeOptions from flag-style values, or from a recipe file (flags then may not set α).
 
-    ``recipe_data`` is the recipe as ``read_recipe`` returned it, when the caller read it
-    already. ``sft_name``/``dpo_name`` are the inputs' Hub repo ids for the model card's
-    ``base_model`` (a recipe may give them too); local paths are never listed there.
+    ``sft``/``dpo`` (given here or by the recipe, which reads paths relative to its own
+    directory) are local paths or Hub repo ids ``org/name[@rev]``: repo ids are downloaded, and
+    PyTorch ``.bin`` checkpoints converted to safetensors once (that alone imports torch).
+    ``sft_name``/``dpo_name`` are the inputs' Hub repo ids for the model card's ``base_model``
+    (a recipe may give them too; an input given as a repo id names itself); local paths are
+    never listed there.
+
+    Raises:
+        UsageError: bad values, both or neither α sources, a missing input; an input the recipe
+            named gets errors that name the recipe.
+        HubError: a repo id that cannot be fetched (one line naming it).
     """
+    data = None
     if recipe is not None:
         if alpha is not None or layer_alphas is not None or non_layer_alpha is not None:
             raise UsageError("give α either in the recipe or as flags, not both")
-        opts = load_recipe(Path(recipe), Path(sft) if sft else None, Path(dpo) if dpo else None,
-                           data=recipe_data)
-        overrides = {}
+        data = read_recipe(Path(recipe))
+    named = [spec if spec is not None else (data or {}).get(key)
+             for spec, key in ((sft, "sft"), (dpo, "dpo"))]
+    if None in named:
+        where = f"{recipe}: the recipe or the command line must name" if recipe else "give"
+        raise UsageError(f"{where} both --sft and --dpo")
+    sources = [_local_source(spec, recipe if given is None else None)
+               for spec, given in zip(named, (sft, dpo))]
+    names = dict(sft_name=sft_name or sources[0].repo_id, dpo_name=dpo_name or sources[1].repo_id)
+    if data is not None:
+        opts = load_recipe(Path(recipe), sources[0].path, sources[1].path, data=data)
+        overrides = {k: v for k, v in names.items() if v is not None}
         if dtype is not None:
             overrides["dtype"] = parse_dtype(dtype)
         if max_shard_size is not None:
             overrides["max_shard_size"] = parse_size(max_shard_size)
         if copy_unmatched:
             overrides["copy_unmatched"] = True
-        overrides.update(sft_name=sft_name or opts.sft_name, dpo_name=dpo_name or opts.dpo_name)
         return replace(opts, **overrides)
-    if sft is None or dpo is None:
-        raise UsageError("both --sft and --dpo are required")
     return MergeOptions(
-        sft=Path(sft), dpo=Path(dpo),
+        sft=sources[0].path, dpo=sources[1].path,
         schedules=build_schedules(alpha=alpha, layer_alphas=layer_alphas,
                                   non_layer_alpha=non_layer_alpha),
         dtype=parse_dtype(dtype),
         max_shard_size=parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE),
-        copy_unmatched=copy_unmatched,
-        sft_name=sft_name, dpo_name=dpo_name,
+        copy_unmatched=copy_unmatched, **names,
     )
+
+
+def _local_source(spec: str | Path, recipe: str | Path | None):
+    """``spec`` on local disk as safetensors (downloaded, converted as needed); ``recipe`` is
+    the recipe that named it, for errors."""
+    from ..convert import ensure_safetensors
+    from ..hub import resolve
+
+    try:
+        source = resolve(spec)
+    except ExpoStreamError as exc:
+        if recipe is None:
+            raise
+        raise type(exc)(f"{recipe}: {exc} (relative paths are read from the recipe's "
+                        "directory)") from None
+    return replace(source, path=ensure_safetensors(source.path))
 
 
 def plan_merge(options: MergeOptions) -> Plan:
@@ -102,34 +132,45 @@ def plan_merge(options: MergeOptions) -> Plan:
     return build_plan(open_checkpoint(options.sft), open_checkpoint(options.dpo), options)
 
 
-def merge(
-    sft: str | Path | None = None,
-    dpo: str | Path | None = None,
-    out: str | Path | None = None,
-    *,
-    options: MergeOptions | None = None,
-    plan: Plan | None = None,
-    backend: str = "auto",
-    threads: int = DEFAULT_THREADS,
-    overwrite: bool = False,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-    progress: Callable[[int], None] | None = None,
-    command: str | None = None,
-    **option_values,
-) -> MergeResult:
+def merge(sft: str | Path | None, dpo: str | Path | None, out: str | Path, *, backend: str = "auto",
+          threads: int = DEFAULT_THREADS, overwrite: bool = False,
+          chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+          progress: Callable[[int], None] | None = None, command: str | None = None,
+          **option_values) -> MergeResult:
     """Extrapolate ``dpo + alpha*(dpo - sft)`` and write the result to ``out``.
+
+    The shortcut for ``write_plan(plan_merge(make_options(sft, dpo, **option_values)), out)``.
 
     Args:
         sft, dpo: checkpoint directories or ``.safetensors`` files.
         out: output directory; with several schedules (``alpha=[0.3, 0.5]``) one subdirectory
             per schedule (``alpha-0.3``, ...).
-        plan: a plan from :func:`plan_merge` (saves reading the headers again).
-        options: a prepared :class:`MergeOptions`; otherwise ``option_values`` are passed to
-            :func:`make_options` (``alpha``, ``layer_alphas``, ``non_layer_alpha``, ``recipe``,
-            ``dtype``, ``max_shard_size``, ``copy_unmatched``).
+        option_values: passed to :func:`make_options` (``alpha``, ``layer_alphas``,
+            ``non_layer_alpha``, ``recipe``, ``dtype``, ``max_shard_size``, ``copy_unmatched``,
+            ``sft_name``, ``dpo_name``).
+        The rest: as :func:`write_plan`.
+
+    Example:
+        >>> merge("sft/", "dpo/", "out/", alpha=0.3)  # doctest: +SKIP
+    """
+    plan = plan_merge(make_options(sft, dpo, **option_values))
+    return write_plan(plan, out, backend=backend, threads=threads, overwrite=overwrite,
+                      chunk_elements=chunk_elements, progress=progress, command=command)
+
+
+def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
+               threads: int = DEFAULT_THREADS, overwrite: bool = False,
+               chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+               progress: Callable[[int], None] | None = None,
+               command: str | None = None) -> MergeResult:
+    """Compute a plan's tensors and publish them, with side files and model card, at ``out``.
+
+    Args:
+        plan: from :func:`plan_merge`.
+        out: output directory (one subdirectory per schedule when the plan has several).
         backend: ``auto``, ``native``, ``numba`` or ``numpy``.
         threads: worker threads.
-        overwrite: replace an existing ``out``.
+        overwrite: replace an existing ``out`` (never one holding or inside an input).
         chunk_elements: elements per chunk (bounds memory; never changes a bit).
         progress: called with output bytes as chunks finish.
         command: the command line that asked for this merge, for the recipe and model card.
@@ -139,22 +180,12 @@ def merge(
 
     Raises:
         ExpoStreamError subclasses: UsageError, FormatError, PlanError, OutputError,
-        BackendUnavailableError. On any error nothing is left at ``out``.
-
-    Example:
-        >>> merge("sft/", "dpo/", "out/", alpha=0.3)  # doctest: +SKIP
+        BackendUnavailableError. On any error nothing is left at ``out``; an interrupted run
+        leaves its finished shards in a staging directory for the same call to resume.
     """
-    if out is None:
-        raise UsageError("an output directory is required")
-    if plan is not None:
-        options = plan.options
-    if options is None:
-        options = make_options(sft, dpo, **option_values)
-    elif option_values or sft is not None or dpo is not None:
-        raise UsageError("pass either options=/plan= or sft/dpo/option values, not both")
+    options = plan.options
     out = Path(out)
     backend = resolve_backend(backend)
-    plan = plan or plan_merge(options)
     started = time.perf_counter()
     if not inputs_differ(plan):
         raise PlanError(f"SFT {plan.sft.root} and DPO {plan.dpo.root} hold identical tensors: "

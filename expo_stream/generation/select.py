@@ -18,12 +18,13 @@ from .generate import Sampling, generate_outputs, load_model
 from .score import summarize
 
 
-def select_alpha(sft: Path, dpo: Path, alphas: list[float], prompts: list[dict], out: Path, *,
+def select_alpha(sft: str | Path, dpo: str | Path, alphas: list[float], prompts: list[dict], out: Path, *,
                  scorer_factory, sampling: Sampling, device: str = "cpu", batch_size: int = 8,
                  keep: str = "best", overwrite: bool = False) -> dict:
     """Run the whole selection; returns the report (also written as JSON and Markdown, + PNG).
 
     Args:
+        sft, dpo: local paths or Hub repo ids (as :func:`expo_stream.merge` takes them).
         scorer_factory: ``() -> scorer`` with ``score(records) -> list[float]``; created once,
             after the candidates exist.
         keep: ``best`` deletes every candidate model but the best (all of the tied ones on

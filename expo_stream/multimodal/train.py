@@ -25,6 +25,7 @@ the end ``adapter/``, ``projector.safetensors``, ``metrics.jsonl`` (per step),
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import gc
 import json
@@ -33,7 +34,7 @@ import math
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import TrainingError, UsageError
@@ -50,28 +51,50 @@ EVAL_METRICS_FILE = "eval_metrics.jsonl"
 STATE_FILE = "trainer_state.json"
 
 
+def _setting(default, help: str, *, type=None, flag: str | None = None,
+             run_default: bool = False, **bounds):
+    """A TrainConfig field with what ``mm train-ddpo`` needs to offer it as an option.
+
+    ``type`` is given where the default cannot show it (None); ``bounds`` are ``min``,
+    ``max``, ``min_open``, ``max_open`` or ``choices``; ``run_default`` marks a default that
+    :meth:`TrainConfig.for_run` chooses per run. The CLI builds its options from these,
+    so a default or a limit is written once, here.
+    """
+    return field(default=default, metadata=dict(help=help, type=type or builtins.type(default),
+                                                flag=flag, run_default=run_default, **bounds))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """DDPO settings; the defaults are the seed's (RLHF-V on a 3B model)."""
 
-    lr: float = 2e-6
-    epochs: int = 3
-    batch_size: int = 8  # global: micro_batch_size x accumulation steps
-    micro_batch_size: int = 2
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.03
-    beta: float = 0.1
-    gamma: float = 2.0
-    reduction: str = "mean"
-    max_prompt_length: int = 256
-    max_response_length: int = 256
-    max_steps: int | None = None
-    precision: str = "fp32"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    save_every: int | None = None
-    seed: int = 42
+    lr: float = _setting(2e-6, "AdamW learning rate (1e-3 with --tiny).", min=0, min_open=True)
+    epochs: int = _setting(3, "Passes over the training split.", min=1)
+    batch_size: int = _setting(8, "Global batch (pairs per optimizer step).", min=1)
+    micro_batch_size: int = _setting(
+        2, "Pairs per forward pass (halved on out-of-memory); gradients accumulate.", min=1)
+    weight_decay: float = _setting(0.01, "AdamW weight decay.", min=0)
+    warmup_ratio: float = _setting(0.03, "Fraction of steps with a linear learning-rate warm-up.",
+                                   min=0, max=1)
+    beta: float = _setting(0.1, "DPO's β.", min=0, min_open=True)
+    gamma: float = _setting(2.0, "Weight of corrected-segment tokens.", min=0, min_open=True)
+    reduction: str = _setting("mean", "Sequence score: weighted mean (RLHF-V eq. 5) or weighted "
+                              "sum (released code).", choices=ddpo.REDUCTIONS)
+    max_prompt_length: int = _setting(
+        256, "Question tokens kept (cut from the question, never the image tokens).", min=1)
+    max_response_length: int = _setting(256, "Response tokens kept.", min=1)
+    max_steps: int | None = _setting(None, "Stop after this many optimizer steps.", type=int,
+                                     flag="--steps", min=1)
+    precision: str = _setting("fp32", "fp32 (the CPU default), bf16 (autocast, no GradScaler; "
+                              "the CUDA default) or fp16 (autocast + GradScaler; CUDA without "
+                              "bf16).", choices=PRECISIONS, run_default=True)
+    lora_rank: int = _setting(8, "LoRA rank on the language model's q/k/v/o.", min=1)
+    lora_alpha: int = _setting(16, "LoRA α (default: twice the rank).", min=1,
+                               run_default=True)
+    lora_dropout: float = _setting(0.05, "Dropout on the LoRA layers.", min=0, max=1,
+                                   max_open=True)
+    save_every: int | None = _setting(None, "Also checkpoint every N steps.", type=int, min=1)
+    seed: int = _setting(42, "Seed for the tiny model, data order and dropout.")
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -83,6 +106,21 @@ class TrainConfig:
                              f"--micro-batch-size {self.micro_batch_size}")
         if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise UsageError("--epochs and --steps must be at least 1")
+
+    @classmethod
+    def for_run(cls, *, tiny: bool = False, device: str = "cpu", **given) -> TrainConfig:
+        """The config for a run: ``given`` values (None = not given) over the defaults.
+
+        Defaults that depend on the run: ``lr`` 1e-3 for the tiny model (2e-6 is the seed's
+        for a pretrained 3B model and would not move a random one), ``lora_alpha`` twice
+        ``lora_rank``, ``precision`` by device (:func:`default_precision`).
+        """
+        values = {k: v for k, v in given.items() if v is not None}
+        if tiny:
+            values.setdefault("lr", 1e-3)
+        values.setdefault("lora_alpha", 2 * values.get("lora_rank", cls.lora_rank))
+        values.setdefault("precision", default_precision(device))
+        return cls(**values)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

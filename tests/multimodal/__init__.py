@@ -1,7 +1,7 @@
 """Multimodal DDPO tests. The seed script's bugs (issue 7) and the tests that pin each one:
 
 - autocast called without a device type: test_model.py::test_autocast_names_its_device,
-  test_train.py::test_bf16_autocast_on_cpu
+  test_train.py::test_autocast_precision_is_what_the_matmuls_run_in
 - projection sized 768 but fed 512-d features:
   test_ddpo.py::test_projector_is_sized_from_the_vision_width,
   test_model.py::test_compose_copies_both_towers_exactly

@@ -172,10 +172,19 @@ def test_out_of_memory_at_micro_batch_1_is_a_clear_error(tmp_path, monkeypatch):
     assert isinstance(r.exception, SystemExit)
 
 
-def test_bf16_autocast_on_cpu(rows, tmp_path):
-    tr = trainer(tmp_path, rows, max_steps=2, precision="bf16")
+@pytest.mark.parametrize("precision, computed", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_autocast_precision_is_what_the_matmuls_run_in(rows, tmp_path, precision, computed):
+    """Every Linear's output is in the chosen precision, so a bf16 run that silently ran in
+    fp32 (autocast lost) fails here; trainable weights stay fp32 either way."""
+    tr = trainer(tmp_path, rows, max_steps=2, precision=precision)
     assert tr.scaler is None  # bf16 needs no GradScaler
+    seen = set()
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+             for m in tr.net.modules() if isinstance(m, torch.nn.Linear)]
     last = tr.run()
+    for h in hooks:
+        h.remove()
+    assert seen == {computed}
     assert math.isfinite(last["loss"])
     assert all(p.dtype == torch.float32 for p in tr.params)
 
@@ -311,3 +320,21 @@ def test_evaluate_before_training_is_log2(rows, tmp_path):
     tr.eval_dataset = [rows[i] for i in range(5)]  # an odd count: a short last micro-batch
     m = tr.evaluate()
     assert m["step"] == 0 and m["loss"] == math.log(2) and m["rewards/accuracy"] == 0.0
+
+
+def test_run_config_defaults_live_in_the_library(run):
+    """--tiny's lr, LoRA α = 2 × rank and the CPU precision come from TrainConfig.for_run; the
+    CLI offers every setting with the config's own limits and passes what it was given."""
+    recorded = json.loads((run / "expo_mm_run.json").read_text())["config"]
+    assert recorded["lr"] == 1e-3 and recorded["max_steps"] == 10
+    assert recorded["lora_alpha"] == 2 * recorded["lora_rank"] and recorded["precision"] == "fp32"
+    assert TrainConfig.for_run(lora_rank=4).lora_alpha == 8
+    assert TrainConfig.for_run(lora_rank=4, lora_alpha=3).lora_alpha == 3
+    assert TrainConfig.for_run(lr=None).lr == TrainConfig.lr == 2e-6
+    from dataclasses import fields
+
+    train_cmd = main.commands["mm"].commands["train-ddpo"]
+    assert {f.name for f in fields(TrainConfig)} <= {p.name for p in train_cmd.params}
+    r = CliRunner().invoke(main, ["mm", "train-ddpo", "--tiny", "--out", str(run.parent / "x"),
+                                  "--lora-dropout", "1"])
+    assert r.exit_code == 2 and "--lora-dropout" in r.output
