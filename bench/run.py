@@ -1,10 +1,11 @@
 """Side-by-side merge benchmark: expo-stream, mergekit, the naive full-load way, the disk floor.
 
     sudo python bench/run.py --models llama-0.5b,llama-1b,llama-3b,mistral-7b,llama3-8b \
-        --workdir /tmp/expo-bench --mergekit /work/mk-venv/bin/mergekit-yaml
+        --workdir /tmp/expo-bench --mergekit /work/mk-venv/bin/mergekit-yaml --simd avx2
 
-For each model size: write a synthetic pair (bench/checkpoints.py), then for each tool, from a
-cold page cache: wall time, peak anonymous RSS (sampled every 5 ms), and the smallest memory
+For each model size: write a synthetic pair (bench/checkpoints.py), then ``--repeats`` rounds of
+the disk floor and every tool (medians reported, every run kept), each from a cold page cache:
+wall time, peak anonymous RSS (sampled every 5 ms), and the smallest memory
 cgroup (v1, page cache included) it completes under, found by stepping over a ladder of limits
 from its measured peak. Results are appended to --results (JSON lines) and bench/report.py
 turns them into bench/RESULTS.md and plots. Needs root (drop_caches, cgroups). At most two
@@ -119,6 +120,15 @@ def mergekit_config(sft: Path, dpo: Path, path: Path) -> Path:
     return path
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (the lower middle one for an even count), with every
+    run's wall time beside it."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs_wall_s"] = [r["wall_s"] for r in runs]
+    return chosen
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="llama-0.5b,llama-1b,llama-3b,mistral-7b,llama3-8b")
@@ -128,11 +138,17 @@ def main() -> None:
                     help="mergekit-yaml of mergekit's own venv")
     ap.add_argument("--tools", default="expo,expo-layers,mergekit,naive")
     ap.add_argument("--limit-tries", type=int, default=3, help="cgroup runs per tool (0: none)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of floor + every tool")
+    ap.add_argument("--simd", choices=["avx512", "avx2", "baseline"],
+                    help="force expo-stream's SIMD level (EXPO_STREAM_SIMD)")
     ap.add_argument("--no-report", dest="report", action="store_false",
                     help="skip bench/kernels.py and bench/report.py at the end")
     args = ap.parse_args()
     tools = args.tools.split(",")
     expo = shutil.which("expo-stream")
+    if args.simd:
+        os.environ["EXPO_STREAM_SIMD"] = args.simd
+    version = subprocess.run([expo, "--version"], capture_output=True, text=True, check=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for model in args.models.split(","):
@@ -141,35 +157,46 @@ def main() -> None:
         sft, dpo = make_pair(model, pair)
         record = {"model": model, "parameters": parameter_count(model),
                   "generate_s": round(time.perf_counter() - t, 1),
-                  "input_bytes": dir_bytes(sft) + dir_bytes(dpo)}
+                  "input_bytes": dir_bytes(sft) + dir_bytes(dpo),
+                  "expo_version": version.stdout.strip()}
         out = args.workdir / "out"
         out_bytes = record["parameters"] * 2
-        record["floor"] = floor(sft, dpo, args.workdir, out_bytes)
         commands = {
             "expo": [expo, "merge", "--sft", str(sft), "--dpo", str(dpo), "--out", str(out),
                      "--alpha", str(ALPHA), "--dtype", "bf16", "--quiet"],
             "expo-layers": [expo, "merge", "--sft", str(sft), "--dpo", str(dpo), "--out",
-                            str(out), "--layer-alphas", "0.3,0.5,2.5", "--dtype", "bf16", "--quiet"],
+                            str(out), "--layer-alphas", "5,10,15", "--dtype", "bf16", "--quiet"],
             "mergekit": [args.mergekit, str(mergekit_config(sft, dpo, args.workdir / "mk.yml")),
                          str(out), "--no-write-model-card"] if args.mergekit else None,
             "naive": [sys.executable, str(HERE / "naive_expo.py"), str(sft), str(dpo), str(out),
                       str(ALPHA)],
         }
+        runs: dict[str, list[dict]] = {"floor": []}
+        for _ in range(args.repeats):
+            runs["floor"].append(floor(sft, dpo, args.workdir, out_bytes))
+            for tool in tools:
+                cmd = commands.get(tool)
+                if cmd is None:
+                    continue
+                # Capped a little below the machine's RAM, so a tool that does not fit (the
+                # naive way on large models) is killed alone, not the machine.
+                result = timed(cmd, out, (ram - 2 * 2**30) // 2**20,
+                               timeout=max(300.0, 15 * runs["floor"][-1]["wall_s"]))
+                result["ratio_to_floor"] = round(result["wall_s"] / runs["floor"][-1]["wall_s"], 2)
+                runs.setdefault(tool, []).append(result)
+                print(model, tool, json.dumps(result), flush=True)
+        record["floor"] = median_run(runs["floor"])
         for tool in tools:
-            cmd = commands.get(tool)
-            if cmd is None:
+            if tool not in runs:
                 record[tool] = {"skipped": "not installed"}
                 continue
-            # The first run is capped a little below the machine's RAM, so a tool that does not
-            # fit (the naive way on large models) is killed alone, not the machine.
-            result = timed(cmd, out, (ram - 2 * 2**30) // 2**20,
-                           timeout=max(300.0, 15 * record["floor"]["wall_s"]))
+            result = median_run(runs[tool])
             result["ratio_to_floor"] = round(result["wall_s"] / record["floor"]["wall_s"], 2)
-            if result["exit_code"] == 0 and args.limit_tries:
-                result.update(smallest_limit(cmd, out, result["peak_rss_anon_mib"], args.limit_tries,
-                                             result["wall_s"]))
+            ok = all(r["exit_code"] == 0 for r in runs[tool])
+            if ok and args.limit_tries:
+                result.update(smallest_limit(commands[tool], out, result["peak_rss_anon_mib"],
+                                             args.limit_tries, result["wall_s"]))
             record[tool] = result
-            print(model, tool, json.dumps(result), flush=True)
         record["command"] = " ".join(sys.argv)
         with open(args.results, "a") as f:
             f.write(json.dumps(record) + "\n")
