@@ -51,6 +51,8 @@ template <>
 struct Storage<F32> {
   using type = uint32_t;
 };
+template <int F>
+constexpr uint64_t kStorageMask = F == F32 ? 0xffffffffu : 0xffffu;
 
 #define EXPO_INLINE inline __attribute__((always_inline))
 
@@ -73,24 +75,83 @@ EXPO_INLINE vf splat_f(float x) { return vf{} + x; }
 // ---- the per-level primitives: a*b - c with one rounding (exact where used), and "all lanes" --
 
 #if EXPO_VBYTES == 64
+constexpr bool kFused = true;
 EXPO_INLINE vf fms32(vf a, vf b, vf c) {
   return (vf)_mm512_fmsub_ps((__m512)a, (__m512)b, (__m512)c);
 }
-EXPO_INLINE bool all32(vi32 m) { return _mm512_movepi32_mask((__m512i)m) == 0xffff; }
+EXPO_INLINE vf fma32(vf a, vf b, vf c) {
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
+EXPO_INLINE vd fms64(vd a, vd b, vd c) {
+  return (vd)_mm512_fmsub_pd((__m512d)a, (__m512d)b, (__m512d)c);
+}
+// Bit i set where lane i of `decided` is 0.
+EXPO_INLINE unsigned undecided_bits(vi32 decided) {
+  return _mm512_movepi32_mask(~(__m512i)decided);
+}
+// The lanes of v whose bit is set in `bits`, stored contiguously at dst (which has room for a
+// whole register). Compress into a register, then store: a compressing store to memory is slow
+// on some CPUs.
+EXPO_INLINE void compress_store(uint32_t* dst, vu32 v, unsigned bits) {
+  _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), (__m512i)v));
+}
 #elif EXPO_VBYTES == 32
+constexpr bool kFused = true;
 EXPO_INLINE vf fms32(vf a, vf b, vf c) {
   return (vf)_mm256_fmsub_ps((__m256)a, (__m256)b, (__m256)c);
 }
-EXPO_INLINE bool all32(vi32 m) { return _mm256_movemask_ps((__m256)m) == 0xff; }
+EXPO_INLINE vf fma32(vf a, vf b, vf c) {
+  return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+}
+EXPO_INLINE vd fms64(vd a, vd b, vd c) {
+  return (vd)_mm256_fmsub_pd((__m256d)a, (__m256d)b, (__m256d)c);
+}
+EXPO_INLINE unsigned undecided_bits(vi32 decided) {
+  return _mm256_movemask_ps((__m256)~decided);
+}
+// AVX2 has no compress: a table of the 256 permutations that move the selected lanes first,
+// eight 3-bit lane numbers packed in each entry.
+struct CompressTable {
+  uint32_t perm[256];
+  constexpr CompressTable() : perm() {
+    for (unsigned bits = 0; bits < 256; ++bits) {
+      uint32_t packed = 0;
+      int at = 0;
+      for (unsigned lane = 0; lane < 8; ++lane) {
+        if (bits & (1u << lane)) packed |= lane << (3 * at++);
+      }
+      perm[bits] = packed;
+    }
+  }
+};
+constexpr CompressTable kCompress{};
+EXPO_INLINE void compress_store(uint32_t* dst, vu32 v, unsigned bits) {
+  const __m256i shifts = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+  __m256i perm = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompress.perm[bits])),
+                                   shifts);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                      _mm256_permutevar8x32_epi32((__m256i)v, perm));
+}
 #elif defined(__aarch64__)
+constexpr bool kFused = true;
 EXPO_INLINE vf fms32(vf a, vf b, vf c) {
   // vfmsq_f32(c, a, b) = c - a*b, fused; its negation is exact.
   return (vf)vnegq_f32(vfmsq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b));
 }
-EXPO_INLINE bool all32(vi32 m) { return vminvq_u32((uint32x4_t)m) != 0; }
+EXPO_INLINE vf fma32(vf a, vf b, vf c) {
+  return (vf)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+}
+EXPO_INLINE vd fms64(vd a, vd b, vd c) {
+  return (vd)vnegq_f64(vfmsq_f64((float64x2_t)c, (float64x2_t)a, (float64x2_t)b));
+}
+
 #else
-// No fused multiply-add in the baseline instruction set: Dekker's product, exact under the same
-// conditions the float32 stage checks (no overflow, |a*b| >= 2^-80). Only used as a*b - fl(a*b).
+// No fused multiply-add in the baseline instruction set: Dekker's product, exact under the
+// conditions the float32 stage checks for it (no overflow, |a*b| >= 2^-80). Only used as
+// a*b - fl(a*b). fma32 is never called here (kFused is false).
+constexpr bool kFused = false;
+EXPO_INLINE vf fma32(vf a, vf b, vf c) { return a * b + c; }
+EXPO_INLINE vd fms64(vd a, vd b, vd p);  // not used: two_product_fast falls back to Dekker
 EXPO_INLINE vf fms32(vf a, vf b, vf p) {
   const float kSplit = 4097.0f;  // 2^12 + 1
   vf c = kSplit * a;
@@ -99,15 +160,25 @@ EXPO_INLINE vf fms32(vf a, vf b, vf p) {
   vf bh = c - (c - b), bl = b - bh;
   return ((ah * bh - p) + ah * bl + al * bh) + al * bl;
 }
-#if defined(__SSE2__)
-EXPO_INLINE bool all32(vi32 m) { return _mm_movemask_ps((__m128)m) == 0xf; }
-#else
-EXPO_INLINE bool all32(vi32 m) {
-  int32_t acc = -1;
-  for (int i = 0; i < L32; ++i) acc &= m[i];
-  return acc != 0;
-}
 #endif
+
+#if EXPO_VBYTES == 16
+EXPO_INLINE unsigned undecided_bits(vi32 decided) {
+#if defined(__SSE2__)
+  return _mm_movemask_ps((__m128)~decided);
+#else
+  unsigned bits = 0;
+  for (int i = 0; i < L32; ++i) bits |= unsigned(decided[i] == 0) << i;
+  return bits;
+#endif
+}
+EXPO_INLINE void compress_store(uint32_t* dst, vu32 v, unsigned bits) {
+  int at = 0;
+  for (int lane = 0; lane < L32; ++lane) {
+    dst[at] = v[lane];
+    at += (bits >> lane) & 1;
+  }
+}
 #endif
 
 EXPO_INLINE bool all64(vi m) {
@@ -153,6 +224,17 @@ EXPO_INLINE void two_product(vd a, vd b, vd& p, vd& e) {
   c = kSplitter * b;
   vd bh = c - (c - b), bl = b - bh;
   e = ((ah * bh - p) + ah * bl + al * bh) + al * bl;
+}
+
+// The same exact pair with one fused multiply-add where the level has it (the error a*b - p is
+// exact whenever it is representable, which near_lanes checks before it trusts it).
+EXPO_INLINE void two_product_fast(vd a, vd b, vd& p, vd& e) {
+  if constexpr (kFused) {
+    p = a * b;
+    e = fms64(a, b, p);
+  } else {
+    two_product(a, b, p, e);
+  }
 }
 
 // ---- the output grid, from a binary64 magnitude ----------------------------------------------
@@ -311,7 +393,7 @@ template <int OUT>
 EXPO_INLINE vu near_lanes(vd d_in, vd s_in, vd alpha, vi& decided) {
   vd delta, err_delta, p, e_p, r, e_r;
   two_sum(d_in, -s_in, delta, err_delta);
-  two_product(alpha, delta, p, e_p);
+  two_product_fast(alpha, delta, p, e_p);
   two_sum(d_in, p, r, e_r);
   vd mag = abs(r);
   Cell<OUT> cell(mag);
@@ -320,7 +402,7 @@ EXPO_INLINE vu near_lanes(vd d_in, vd s_in, vd alpha, vi& decided) {
   vd m0 = mag - cell.mid;
   vd y = m0 + c;
   vd bound = 0x1p-50 * (abs(m0) + abs(c));
-  // Dekker's product is exact when no partial product underflows or overflows.
+  // The product error is exact when no partial product underflows or overflows.
   vi product_exact = ((abs(p) > 0x1p-900) | (delta == 0.0)) & (abs(delta) < 0x1p900) &
                      (abs(alpha) < 0x1p900);
   decided = (err_delta == 0.0) & product_exact & (abs(sum) < 0x1p-40 * mag) & (abs(y) > bound) &
@@ -398,22 +480,29 @@ EXPO_INLINE vu32 round_out(vf x) {
 // RN(r), ties included. Everything else is left undecided: zeros, |r| < 2^-80 or >= 2^127, inf,
 // NaN, an inexact δ, results next to a midpoint.
 template <int OUT>
-EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, bool alpha_exact, vi32& decided) {
+EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32 alpha_exact, vi32& decided) {
   vf delta = d - s;
   vf b1 = delta - d;
-  vf e_delta = (d - (delta - b1)) + (-s - b1);
+  vf e_delta = (d - (delta - b1)) - (s + b1);  // fl(-s - b1) = -fl(s + b1): TwoSum's error
   vf p = a32 * delta;
   vf e_p = fms32(a32, delta, p);
   vf r = d + p;
   vf b2 = r - d;
   vf e_r = (d - (r - b2)) + (p - b2);
   vf mag = abs32(r);
-  vf t = ((abs32(e_r) + abs32(e_p)) + bound_alo * abs32(delta)) * (1.0f + 0x1p-18f) + 0x1p-126f;
-  vi32 usable = (e_delta == 0.0f) & (mag >= 0x1p-80f) & (mag < 0x1p127f) &
-                ((abs32(p) >= 0x1p-80f) | (delta == 0.0f)) & (t <= 0x1p-14f * mag);
-  vf u = t + 0x1p-22f * mag;
-  vi32 exact = (e_p == 0.0f) & (e_r == 0.0f);
-  u = (alpha_exact ? exact : vi32{}) ? vf{} : u;
+  vf known = abs32(e_r) + abs32(e_p);  // 0 exactly when both errors are
+  vi32 usable = (e_delta == 0.0f) & (mag >= 0x1p-80f) & (mag < 0x1p127f);
+  vf t;
+  if constexpr (kFused) {
+    // One rounding fewer each; an FMA's product error below 2^-149 is covered by the 2^-126.
+    t = fma32(fma32(bound_alo, abs32(delta), known), splat_f(1.0f + 0x1p-18f), splat_f(0x1p-126f));
+  } else {
+    t = (known + bound_alo * abs32(delta)) * (1.0f + 0x1p-18f) + 0x1p-126f;
+    usable &= (abs32(p) >= 0x1p-80f) | (delta == 0.0f);  // Dekker's product needs no underflow
+  }
+  usable &= t <= 0x1p-14f * mag;
+  vf u = kFused ? fma32(mag, splat_f(0x1p-22f), t) : t + 0x1p-22f * mag;
+  u = (vf)((vi32)u & ~((known == 0.0f) & alpha_exact));  // x = r exactly: U = 0
   vu32 low = round_out<OUT>(r - u);
   vu32 high = round_out<OUT>(r + u);
   decided = usable & (vi32)(low == high);
@@ -439,6 +528,18 @@ EXPO_INLINE void store(typename Storage<F>::type* p, V bits) {
   std::memcpy(p, &raw, sizeof(raw));
 }
 
+// Copies the undecided lanes' inputs and indices aside; returns the new count. Out of line: the
+// hot loop then keeps no register for this rare path.
+__attribute__((noinline)) int set_aside(uint32_t* hd, uint32_t* hs, uint32_t* hi, int count,
+                                        vu32 draw, vu32 sraw, int i, unsigned undecided) {
+  vu32 index;
+  for (int lane = 0; lane < L32; ++lane) index[lane] = static_cast<uint32_t>(i + lane);
+  compress_store(hd + count, draw, undecided);
+  compress_store(hs + count, sraw, undecided);
+  compress_store(hi + count, index, undecided);
+  return count + __builtin_popcount(undecided);
+}
+
 // ---- the loop ----------------------------------------------------------------------------------
 
 // Blocks of kBlock elements. Stage 1 (float32, or the float64 fast path for F32 formats) runs
@@ -455,6 +556,7 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
   using OT = typename Storage<O>::type;
   constexpr bool kStage32 = D != F32 && S != F32 && O != F32;
   constexpr int W = kStage32 ? L32 : L64;
+  typedef uint32_t vh __attribute__((vector_size(4 * L64)));  // L64 lanes of 32 bits
   const DT* dp = static_cast<const DT*>(dpo);
   const ST* sp = static_cast<const ST*>(sft);
   OT* op = static_cast<OT*>(out);
@@ -465,10 +567,17 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
   const bool short_alpha = (alpha_bits & ((uint64_t{1} << 24) - 1)) == 0;
   const Alpha32 a = split_alpha(alpha_s);
   const vf a32 = splat_f(a.a32), bound_alo = splat_f(a.bound);
+  const vi32 alpha_exact = vi32{} - static_cast<int32_t>(a.exact);
+  vi lane64;
+  for (int lane = 0; lane < L64; ++lane) lane64[lane] = lane;
+  vu32 iota;
+  for (int lane = 0; lane < L32; ++lane) iota[lane] = lane;
+  bool many_undecided = false;
 
-  DT hd[kBlock + W];  // + W: the branch-free appends write one past the last kept lane
-  ST hs[kBlock + W];
-  int32_t hi[kBlock + W];
+  // The undecided lanes' input bits and indices; room for a whole register past the end.
+  alignas(64) uint32_t hd[kBlock + L32] = {};
+  alignas(64) uint32_t hs[kBlock + L32] = {};
+  alignas(64) uint32_t hi[kBlock + L32] = {};
   for (ptrdiff_t base = 0; base < n; base += kBlock) {
     const int m = n - base < kBlock ? static_cast<int>(n - base) : kBlock;
     const DT* db = dp + base;
@@ -476,23 +585,42 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
     OT* ob = op + base;
     int count = 0;
     int i = 0;
-    for (; i + W <= m; i += W) {
-      if constexpr (kStage32) {
-        vu32 draw = load<D, vu32, L32>(db + i);
-        vu32 sraw = load<S, vu32, L32>(sb + i);
-        vi32 decided;
-        vu32 bits = stage1_lanes<O>(decode32<D>(draw), decode32<S>(sraw), a32, bound_alo,
-                                    a.exact, decided);
-        store<O, vu32, L32>(ob + i, bits);
-        if (__builtin_expect(!all32(decided), 0)) {
-          for (int lane = 0; lane < W; ++lane) {
-            hd[count] = static_cast<DT>(draw[lane]);
-            hs[count] = static_cast<ST>(sraw[lane]);
-            hi[count] = i + lane;
-            count += decided[lane] == 0;
-          }
+    if constexpr (kStage32) {
+      // Where the previous block left many lanes undecided (dense data at an α such as 0.3,
+      // where 4 % of the results sit next to a midpoint), set lanes aside without a branch: a
+      // branch taken for a third of the registers costs more than the copies. Same bits either
+      // way; only the speed depends on this.
+      if (many_undecided) {
+        for (; i + W <= m; i += W) {
+          vu32 draw = load<D, vu32, L32>(db + i);
+          vu32 sraw = load<S, vu32, L32>(sb + i);
+          vi32 decided;
+          vu32 bits = stage1_lanes<O>(decode32<D>(draw), decode32<S>(sraw), a32, bound_alo,
+                                      alpha_exact, decided);
+          store<O, vu32, L32>(ob + i, bits);
+          unsigned undecided = undecided_bits(decided);
+          compress_store(hd + count, draw, undecided);
+          compress_store(hs + count, sraw, undecided);
+          compress_store(hi + count, iota + static_cast<uint32_t>(i), undecided);
+          count += __builtin_popcount(undecided);
         }
       } else {
+        for (; i + W <= m; i += W) {
+          vu32 draw = load<D, vu32, L32>(db + i);
+          vu32 sraw = load<S, vu32, L32>(sb + i);
+          vi32 decided;
+          vu32 bits = stage1_lanes<O>(decode32<D>(draw), decode32<S>(sraw), a32, bound_alo,
+                                      alpha_exact, decided);
+          store<O, vu32, L32>(ob + i, bits);
+          unsigned undecided = undecided_bits(decided);
+          if (__builtin_expect(undecided != 0, 0)) {
+            count = set_aside(hd, hs, hi, count, draw, sraw, i, undecided);
+          }
+        }
+      }
+      many_undecided = count > kBlock / 64;
+    } else {
+      for (; i + W <= m; i += W) {
         vu draw = load<D, vu, L64>(db + i);
         vu sraw = load<S, vu, L64>(sb + i);
         vi easy;
@@ -500,8 +628,8 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
         store<O, vu, L64>(ob + i, bits);
         if (!all64(easy)) {
           for (int lane = 0; lane < W; ++lane) {
-            hd[count] = static_cast<DT>(draw[lane]);
-            hs[count] = static_cast<ST>(sraw[lane]);
+            hd[count] = static_cast<uint32_t>(draw[lane]);
+            hs[count] = static_cast<uint32_t>(sraw[lane]);
             hi[count] = i + lane;
             count += easy[lane] == 0;
           }
@@ -515,21 +643,21 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
     }
     for (int j = 0; j < count; j += L64) {
       const int g = count - j < L64 ? count - j : L64;
-      DT dt[L64] = {};
-      ST st[L64] = {};
-      OT ot[L64];
-      for (int lane = 0; lane < g; ++lane) {
-        dt[lane] = hd[j + lane];
-        st[lane] = hs[j + lane];
-      }
-      vd d = decode<D>(load<D, vu, L64>(dt));
-      vd s = decode<S>(load<S, vu, L64>(st));
-      vi easy, near;
-      vu bits = fast_lanes<O>(d, s, alpha, short_alpha, easy);
+      vh draw, sraw;
+      std::memcpy(&draw, hd + j, sizeof draw);  // lanes from g on: stale, ignored below
+      std::memcpy(&sraw, hs + j, sizeof sraw);
+      vd d = decode<D>(__builtin_convertvector(draw, vu) & splat_u(kStorageMask<D>));
+      vd s = decode<S>(__builtin_convertvector(sraw, vu) & splat_u(kStorageMask<S>));
+      vi easy = {}, near;
+      vu bits = {};
+      // Lanes from the float64 fast path failed it already; those from stage 1 (a bound at
+      // least as tight: they sit next to a midpoint) would fail it too.
+      if (!kStage32) bits = fast_lanes<O>(d, s, alpha, short_alpha, easy);
       vu near_bits = near_lanes<O>(d, s, alpha, near);
       bits = (~easy & near) ? near_bits : bits;
-      vi done = easy | near;
+      vi done = easy | near | (lane64 >= g);
       if (!all64(done)) bits = done ? bits : exact_lanes<O>(d, s, alpha);
+      OT ot[L64];
       store<O, vu, L64>(ot, bits);
       for (int lane = 0; lane < g; ++lane) ob[hi[j + lane]] = ot[lane];
     }
