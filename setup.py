@@ -49,7 +49,8 @@ class OptionalBuildExt(build_ext):
 native = Extension(
     "expo_stream._native",
     sources=["csrc/extrapolate.cpp"],
-    depends=["csrc/extrapolate.h"],
+    # The level sources too: a changed level must relink the module.
+    depends=["csrc/extrapolate.h", "csrc/extrapolate_simd.h"] + [source for source, _ in LEVELS],
     language="c++",
     extra_compile_args=COMMON,
 )
