@@ -3,6 +3,7 @@
     python bench/kernel_digests.py --record        # write bench/kernel_digests.json
     python bench/kernel_digests.py                 # check every SIMD level against it
     python bench/kernel_digests.py --dump DIR      # also write inputs and outputs as raw blobs
+    python bench/kernel_digests.py --verify-dir DIR   # check outputs another build wrote
 
 The digests were recorded with the kernel as it stood before the float32 first stage (commit
 message of this file's first version); any later kernel must reproduce all of them, at every SIMD
@@ -107,6 +108,9 @@ def run_all(native, dump: Path | None) -> dict[str, str]:
             digests[key] = hashlib.sha256(out.tobytes()).hexdigest()
             if dump:
                 (dump / f"{key}.out").write_bytes(out.tobytes())
+                with open(dump / "manifest.txt", "a") as f:  # for bench/kernel_driver.cpp
+                    f.write(f"{CODES[dn]} {CODES[sn]} {CODES[on]} {alpha.hex()} {N} {stem}.d "
+                            f"{stem}.s {key}.out\n")
     return digests
 
 
@@ -117,14 +121,16 @@ def levels(native) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--record", action="store_true", help="write bench/kernel_digests.json")
-    ap.add_argument("--dump", type=Path, help="write inputs and outputs as raw blobs here")
+    ap.add_argument("--dump", type=Path, help="write inputs and outputs as raw blobs here, with "
+                    "manifest.txt listing the cases for bench/kernel_driver.cpp")
+    ap.add_argument("--verify-dir", type=Path, help="check the *.out files another build wrote "
+                    "there (bench/aarch64_crosscheck.sh) against the recorded digests")
     args = ap.parse_args()
     from expo_stream import _native
 
     if args.dump:
         args.dump.mkdir(parents=True, exist_ok=True)
-        with open(args.dump / "alphas.txt", "w") as f:
-            f.write("\n".join(repr(a) for a in ALPHAS) + "\n")
+        (args.dump / "manifest.txt").write_text("")
     if args.record:
         digests = run_all(_native, args.dump)
         JSON.write_text(json.dumps({"elements": N, "alphas": ALPHAS, "digests": digests},
@@ -133,6 +139,14 @@ def main() -> None:
               f"({_native.simd_level()})")
         return
     want = json.loads(JSON.read_text())["digests"]
+    if args.verify_dir:
+        keys = [k for k in want if not k.endswith("-inputs")]
+        bad = [k for k in keys if not (args.verify_dir / f"{k}.out").exists() or hashlib.sha256(
+            (args.verify_dir / f"{k}.out").read_bytes()).hexdigest() != want[k]]
+        print(f"{args.verify_dir}: {len(keys) - len(bad)}/{len(keys)} digests identical")
+        for k in bad:
+            print(f"  DIFF {k}")
+        sys.exit(1 if bad else 0)
     failed = False
     chosen = os.environ.get("EXPO_STREAM_SIMD")
     for level in ([chosen] if chosen else levels(_native)):
