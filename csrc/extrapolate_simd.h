@@ -477,8 +477,8 @@ EXPO_INLINE vu32 round_out(vf x) {
 // the interval [r - T, r + T] lies inside [fl(r - U), fl(r + U)] with U = fl(T + 2^-22|r|); where
 // both ends of that round to the same bits, so does x (rounding is monotonic), and those bits
 // are RN(fl(r - U)). Where α is a float32 and e_p = e_r = 0, x = r: U = 0 and the answer is
-// RN(r), ties included. Everything else is left undecided: zeros, |r| < 2^-80 or >= 2^127, inf,
-// NaN, an inexact δ, results next to a midpoint.
+// RN(r), ties included. Everything else is left undecided: zeros, |r| < 2^-112, inf, NaN, an
+// overflow, an inexact δ, results next to a midpoint.
 template <int OUT>
 EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32 alpha_exact, vi32& decided) {
   vf delta = d - s;
@@ -491,7 +491,7 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32 alpha_exact
   vf e_r = (d - (r - b2)) + (p - b2);
   vf mag = abs32(r);
   vf known = abs32(e_r) + abs32(e_p);  // 0 exactly when both errors are
-  vi32 usable = (e_delta == 0.0f) & (mag >= 0x1p-80f) & (mag < 0x1p127f);
+  vi32 usable = e_delta == 0.0f;
   vf t;
   if constexpr (kFused) {
     // One rounding fewer each; an FMA's product error below 2^-149 is covered by the 2^-126.
@@ -500,6 +500,8 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32 alpha_exact
     t = (known + bound_alo * abs32(delta)) * (1.0f + 0x1p-18f) + 0x1p-126f;
     usable &= (abs32(p) >= 0x1p-80f) | (delta == 0.0f);  // Dekker's product needs no underflow
   }
+  // Also excludes |r| < 2^-112 (t >= 2^-126: no subnormal r, r +- u, and no zero) and, through
+  // a NaN t, every overflow of r or of an error term.
   usable &= t <= 0x1p-14f * mag;
   vf u = kFused ? fma32(mag, splat_f(0x1p-22f), t) : t + 0x1p-22f * mag;
   u = (vf)((vi32)u & ~((known == 0.0f) & alpha_exact));  // x = r exactly: U = 0
