@@ -476,7 +476,7 @@ EXPO_INLINE vu32 round_out(vf x) {
 // |t| <= T = fl(fl(fl(|e_r| + |e_p|) + fl(A|δ|)) (1 + 2^-18)) + 2^-126. Where T <= 2^-14|r|,
 // the interval [r - T, r + T] lies inside [fl(r - U), fl(r + U)] with U = fl(T + 2^-22|r|); where
 // both ends of that round to the same bits, so does x (rounding is monotonic), and those bits
-// are RN(fl(r - U)). Where α is a float32 and e_p = e_r = 0, x = r: U = 0 and the answer is
+// are RN(fl(r - U)). Where α is a float32, e_p = e_r = 0 and |p| >= 2^-101, x = r: U = 0 and the answer is
 // RN(r), ties included. Everything else is left undecided: zeros, |r| < 2^-112, inf, NaN, an
 // overflow, an inexact δ, results next to a midpoint.
 template <int OUT>
@@ -504,7 +504,10 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32 alpha_exact
   // a NaN t, every overflow of r or of an error term.
   usable &= t <= 0x1p-14f * mag;
   vf u = kFused ? fma32(mag, splat_f(0x1p-22f), t) : t + 0x1p-22f * mag;
-  u = (vf)((vi32)u & ~((known == 0.0f) & alpha_exact));  // x = r exactly: U = 0
+  // x = r exactly: U = 0. |p| >= 2^-101: a32 δ has at most 48 significant bits, so its error is
+  // a multiple of 2^-149 and a zero e_p is a zero error, not an underflow.
+  vi32 exact = (known == 0.0f) & (abs32(p) >= 0x1p-101f) & alpha_exact;
+  u = (vf)((vi32)u & ~exact);
   vu32 low = round_out<OUT>(r - u);
   vu32 high = round_out<OUT>(r + u);
   decided = usable & (vi32)(low == high);

@@ -1,6 +1,7 @@
 """Numba kernel: the reference algorithm (docs/arithmetic.md) over raw bits.
 
-It mirrors ``csrc/extrapolate_kernel.inc``. Per block of 2048 elements: a first stage that LLVM
+It mirrors stages 2 and 3 of the C++ kernel (``csrc/extrapolate_simd.h``; the C++ kernel's
+float32 stage 1 has no counterpart here). Per block of 2048 elements: a first stage that LLVM
 vectorises (decode the stored bits, r = fl(d + fl(alpha*fl(d - s))), round r, and a proof per
 lane that x rounds the same way), a second vectorised stage on the few lanes next to a midpoint
 that the first cannot settle, and the scalar exact path (error-free transformations,
