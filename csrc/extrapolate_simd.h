@@ -533,14 +533,14 @@ EXPO_INLINE void store(typename Storage<F>::type* p, V bits) {
   std::memcpy(p, &raw, sizeof(raw));
 }
 
-// Copies the undecided lanes' inputs and indices aside; returns the new count. Out of line: the
-// hot loop then keeps no register for this rare path.
-__attribute__((noinline)) int set_aside(uint32_t* hd, uint32_t* hs, uint32_t* hi, int count,
-                                        vu32 draw, vu32 sraw, int i, unsigned undecided) {
+// Copies the undecided lanes' inputs (both 16-bit: DPO bits in the low half, SFT bits in the
+// high half of one word) and indices aside; returns the new count. Out of line: the hot loop then
+// keeps no register for this rare path.
+__attribute__((noinline)) int set_aside(uint32_t* hds, uint32_t* hi, int count, vu32 draw,
+                                        vu32 sraw, int i, unsigned undecided) {
   vu32 index;
   for (int lane = 0; lane < L32; ++lane) index[lane] = static_cast<uint32_t>(i + lane);
-  compress_store(hd + count, draw, undecided);
-  compress_store(hs + count, sraw, undecided);
+  compress_store(hds + count, draw | (sraw << 16), undecided);
   compress_store(hi + count, index, undecided);
   return count + __builtin_popcount(undecided);
 }
@@ -579,7 +579,8 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
   for (int lane = 0; lane < L32; ++lane) iota[lane] = lane;
   bool many_undecided = false;
 
-  // The undecided lanes' input bits and indices; room for a whole register past the end.
+  // The undecided lanes' input bits and indices; room for a whole register past the end. After
+  // stage 1 (16-bit inputs) hd holds both inputs of a lane and hs is unused.
   alignas(64) uint32_t hd[kBlock + L32] = {};
   alignas(64) uint32_t hs[kBlock + L32] = {};
   alignas(64) uint32_t hi[kBlock + L32] = {};
@@ -604,8 +605,7 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
                                       alpha_exact, decided);
           store<O, vu32, L32>(ob + i, bits);
           unsigned undecided = undecided_bits(decided);
-          compress_store(hd + count, draw, undecided);
-          compress_store(hs + count, sraw, undecided);
+          compress_store(hd + count, draw | (sraw << 16), undecided);
           compress_store(hi + count, iota + static_cast<uint32_t>(i), undecided);
           count += __builtin_popcount(undecided);
         }
@@ -619,7 +619,7 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
           store<O, vu32, L32>(ob + i, bits);
           unsigned undecided = undecided_bits(decided);
           if (__builtin_expect(undecided != 0, 0)) {
-            count = set_aside(hd, hs, hi, count, draw, sraw, i, undecided);
+            count = set_aside(hd, hi, count, draw, sraw, i, undecided);
           }
         }
       }
@@ -642,15 +642,23 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
       }
     }
     for (; i < m; ++i) {
-      hd[count] = db[i];
-      hs[count] = sb[i];
+      if constexpr (kStage32) {
+        hd[count] = uint32_t{db[i]} | uint32_t{sb[i]} << 16;
+      } else {
+        hd[count] = db[i];
+        hs[count] = sb[i];
+      }
       hi[count++] = i;
     }
     for (int j = 0; j < count; j += L64) {
       const int g = count - j < L64 ? count - j : L64;
       vh draw, sraw;
       std::memcpy(&draw, hd + j, sizeof draw);  // lanes from g on: stale, ignored below
-      std::memcpy(&sraw, hs + j, sizeof sraw);
+      if constexpr (kStage32) {
+        sraw = draw >> 16;
+      } else {
+        std::memcpy(&sraw, hs + j, sizeof sraw);
+      }
       vd d = decode<D>(__builtin_convertvector(draw, vu) & splat_u(kStorageMask<D>));
       vd s = decode<S>(__builtin_convertvector(sraw, vu) & splat_u(kStorageMask<S>));
       vi easy = {}, near;
