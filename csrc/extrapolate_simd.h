@@ -479,8 +479,10 @@ EXPO_INLINE vu32 round_out(vf x) {
 // are RN(fl(r - U)). Where α is a float32, e_p = e_r = 0 and |p| >= 2^-101, x = r: U = 0 and the answer is
 // RN(r), ties included. Everything else is left undecided: zeros, |r| < 2^-112, inf, NaN, an
 // overflow, an inexact δ, results next to a midpoint.
-template <int OUT>
-EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32 alpha_exact, vi32& decided) {
+// kAlphaExact: α is a float32 (alo = 0, A = 0), a property of the call; compiled both ways so
+// that neither pays for the other's terms.
+template <int OUT, bool kAlphaExact>
+EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32& decided) {
   vf delta = d - s;
   vf b1 = delta - d;
   vf e_delta = (d - (delta - b1)) - (s + b1);  // fl(-s - b1) = -fl(s + b1): TwoSum's error
@@ -495,7 +497,8 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32 alpha_exact
   vf t;
   if constexpr (kFused) {
     // One rounding fewer each; an FMA's product error below 2^-149 is covered by the 2^-126.
-    t = fma32(fma32(bound_alo, abs32(delta), known), splat_f(1.0f + 0x1p-18f), splat_f(0x1p-126f));
+    vf terms = kAlphaExact ? known : fma32(bound_alo, abs32(delta), known);
+    t = fma32(terms, splat_f(1.0f + 0x1p-18f), splat_f(0x1p-126f));
   } else {
     t = (known + bound_alo * abs32(delta)) * (1.0f + 0x1p-18f) + 0x1p-126f;
     usable &= (abs32(p) >= 0x1p-80f) | (delta == 0.0f);  // Dekker's product needs no underflow
@@ -506,8 +509,10 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32 alpha_exact
   vf u = kFused ? fma32(mag, splat_f(0x1p-22f), t) : t + 0x1p-22f * mag;
   // x = r exactly: U = 0. |p| >= 2^-101: a32 δ has at most 48 significant bits, so its error is
   // a multiple of 2^-149 and a zero e_p is a zero error, not an underflow.
-  vi32 exact = (known == 0.0f) & (abs32(p) >= 0x1p-101f) & alpha_exact;
-  u = (vf)((vi32)u & ~exact);
+  if constexpr (kAlphaExact) {
+    vi32 exact = (known == 0.0f) & (abs32(p) >= 0x1p-101f);
+    u = (vf)((vi32)u & ~exact);
+  }
   vu32 low = round_out<OUT>(r - u);
   vu32 high = round_out<OUT>(r + u);
   decided = usable & (vi32)(low == high);
@@ -554,7 +559,7 @@ __attribute__((noinline)) int set_aside(uint32_t* hds, uint32_t* hi, int count, 
 // read before its output is written and never again afterwards, so `out` may be `dpo` or `sft`.
 constexpr int kBlock = 1024;
 
-template <int D, int S, int O>
+template <int D, int S, int O, bool kAlphaExact>
 EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, double alpha_s) {
   using DT = typename Storage<D>::type;
   using ST = typename Storage<S>::type;
@@ -572,7 +577,6 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
   const bool short_alpha = (alpha_bits & ((uint64_t{1} << 24) - 1)) == 0;
   const Alpha32 a = split_alpha(alpha_s);
   const vf a32 = splat_f(a.a32), bound_alo = splat_f(a.bound);
-  const vi32 alpha_exact = vi32{} - static_cast<int32_t>(a.exact);
   vi lane64;
   for (int lane = 0; lane < L64; ++lane) lane64[lane] = lane;
   vu32 iota;
@@ -601,8 +605,8 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
           vu32 draw = load<D, vu32, L32>(db + i);
           vu32 sraw = load<S, vu32, L32>(sb + i);
           vi32 decided;
-          vu32 bits = stage1_lanes<O>(decode32<D>(draw), decode32<S>(sraw), a32, bound_alo,
-                                      alpha_exact, decided);
+          vu32 bits = stage1_lanes<O, kAlphaExact>(decode32<D>(draw), decode32<S>(sraw), a32,
+                                                   bound_alo, decided);
           store<O, vu32, L32>(ob + i, bits);
           unsigned undecided = undecided_bits(decided);
           compress_store(hd + count, draw | (sraw << 16), undecided);
@@ -614,8 +618,8 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
           vu32 draw = load<D, vu32, L32>(db + i);
           vu32 sraw = load<S, vu32, L32>(sb + i);
           vi32 decided;
-          vu32 bits = stage1_lanes<O>(decode32<D>(draw), decode32<S>(sraw), a32, bound_alo,
-                                      alpha_exact, decided);
+          vu32 bits = stage1_lanes<O, kAlphaExact>(decode32<D>(draw), decode32<S>(sraw), a32,
+                                                   bound_alo, decided);
           store<O, vu32, L32>(ob + i, bits);
           unsigned undecided = undecided_bits(decided);
           if (__builtin_expect(undecided != 0, 0)) {
@@ -700,10 +704,21 @@ EXPO_INLINE void plain(const uint16_t* dpo, const uint16_t* sft, uint16_t* out, 
   }
 }
 
+template <int D, int S, int O>
+EXPO_INLINE void run_case(const void* dpo, const void* sft, void* out, ptrdiff_t n, double alpha) {
+  if constexpr (D != F32 && S != F32 && O != F32) {
+    if (split_alpha(alpha).exact) {
+      loop<D, S, O, true>(dpo, sft, out, n, alpha);
+      return;
+    }
+  }
+  loop<D, S, O, false>(dpo, sft, out, n, alpha);
+}
+
 }  // namespace
 
 #define EXPO_CASE(D, S, O) \
-  case (D)*9 + (S)*3 + (O): loop<D, S, O>(dpo, sft, out, n, alpha); break;
+  case (D)*9 + (S)*3 + (O): run_case<D, S, O>(dpo, sft, out, n, alpha); break;
 #define EXPO_CASES_O(D, S) EXPO_CASE(D, S, BF16) EXPO_CASE(D, S, F16) EXPO_CASE(D, S, F32)
 #define EXPO_CASES_S(D) EXPO_CASES_O(D, BF16) EXPO_CASES_O(D, F16) EXPO_CASES_O(D, F32)
 
