@@ -9,7 +9,8 @@ whole process): the exact kernel, and the plain inexact float32 loop at the same
 (``_native.plain_bf16``, RN(d + fl32(alpha)*(d - s)) with float32 rounding, not the contract) as
 the honest ceiling; then the Numba backend and a NumPy copy of the output's size (np.copyto,
 GB/s of bytes written). Figures are GB/s of output per core, the median of --runs timings, each
-timing long enough (repeated calls) to be over 20 ms. The inputs stay in memory (hot), the
+timing long enough (repeated calls) to be over 20 ms; the runs go round all columns and cases in
+turn. The inputs stay in memory (hot), the
 process runs on one thread. Writes --out (JSON) and prints a Markdown table.
 """
 
@@ -43,19 +44,26 @@ def data(shape: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return raw.view(BF16), sft
 
 
-def gbps(fn, nbytes: int, runs: int) -> float:
-    """GB/s of output: the median over `runs` timings of repeated calls (>= 20 ms each)."""
+def calibrate(fn) -> int:
+    """How many calls make one timing of at least 20 ms."""
     fn()
     t = time.perf_counter()
     fn()
-    reps = max(1, int(0.02 / max(time.perf_counter() - t, 1e-7)) + 1)
-    times = []
+    return max(1, int(0.02 / max(time.perf_counter() - t, 1e-7)) + 1)
+
+
+def measure(jobs: dict, nbytes: int, runs: int) -> dict:
+    """GB/s of output per job: the median of `runs` timings. The rounds interleave the jobs, so
+    a burst of load from another process spreads over all of them instead of sinking one."""
+    reps = {key: calibrate(fn) for key, fn in jobs.items()}
+    times: dict = {key: [] for key in jobs}
     for _ in range(runs):
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        times.append((time.perf_counter() - t) / reps)
-    return round(nbytes / statistics.median(times) / 1e9, 3)
+        for key, fn in jobs.items():
+            t = time.perf_counter()
+            for _ in range(reps[key]):
+                fn()
+            times[key].append((time.perf_counter() - t) / reps[key])
+    return {key: round(nbytes / statistics.median(v) / 1e9, 3) for key, v in times.items()}
 
 
 def cpu_model() -> str:
@@ -83,28 +91,40 @@ def main() -> None:
     from expo_stream import _native
 
     levels = list(_native.simd_levels())
-    before = _native.use_simd_level(levels[0])
-    for level in levels:
-        _native.use_simd_level(level)
-        exact, plain = {}, {}
-        for shape, alpha in cases:
-            d, s = inputs[shape]
-            exact[f"{shape} {alpha}"] = gbps(
-                lambda: _native.extrapolate(d, 0, s, 0, out, 0, alpha), 2 * n, args.runs)
-            plain[f"{shape} {alpha}"] = gbps(
-                lambda: _native.plain_bf16(d, s, out, alpha), 2 * n, args.runs)
-        rows[f"native {level}"] = exact
-        rows[f"plain float32 {level} (inexact)"] = plain
-    _native.use_simd_level(before)
+    numba = None
     try:
         numba = load_backend("numba")
-        rows["numba"] = {
-            f"{shape} {alpha}": gbps(lambda: numba(*inputs[shape], alpha, out), 2 * n, args.runs)
-            for shape, alpha in cases}
     except BackendUnavailableError:
         pass
+
+    def exact(level, d, s, alpha):
+        def run():
+            _native.use_simd_level(level)
+            _native.extrapolate(d, 0, s, 0, out, 0, alpha)
+        return run
+
+    def plain(level, d, s, alpha):
+        def run():
+            _native.use_simd_level(level)
+            _native.plain_bf16(d, s, out, alpha)
+        return run
+
     src = np.ones(n, BF16)
-    copy = gbps(lambda: np.copyto(out, src), 2 * n, args.runs)
+    jobs = {("numpy copy", ""): lambda: np.copyto(out, src)}
+    for shape, alpha in cases:
+        d, s = inputs[shape]
+        key = f"{shape} {alpha}"
+        for level in levels:
+            jobs[(f"native {level}", key)] = exact(level, d, s, alpha)
+            jobs[(f"plain float32 {level} (inexact)", key)] = plain(level, d, s, alpha)
+        if numba is not None:
+            jobs[("numba", key)] = (lambda d=d, s=s, alpha=alpha: numba(d, s, alpha, out))
+    before = _native.simd_level()
+    figures = measure(jobs, 2 * n, args.runs)
+    _native.use_simd_level(before)
+    copy = figures.pop(("numpy copy", ""))
+    for (column, key), value in figures.items():
+        rows.setdefault(column, {})[key] = value
 
     summary = {name: {"min": min(v.values()), "median": round(statistics.median(v.values()), 3),
                       "max": max(v.values())} for name, v in rows.items()}
