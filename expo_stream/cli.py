@@ -69,7 +69,11 @@ def _version(ctx: click.Context, param, value: bool) -> None:
         return
     from .version import __version__
 
-    click.echo(f"expo-stream {__version__}; kernel: {describe_backend(resolve_backend())}")
+    try:
+        kernel = describe_backend(resolve_backend())
+    except ExpoStreamError as exc:  # e.g. EXPO_STREAM_SIMD names a level this CPU cannot run
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"expo-stream {__version__}; kernel: {kernel}")
     ctx.exit()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Callable
 
 import numpy as np
@@ -23,6 +24,7 @@ from ..format.dtypes import ALIASES, NUMPY_DTYPES
 from .targets import BY_NAME, TARGETS
 
 BACKENDS = ("native", "numba", "numpy")
+SIMD_ENV = "EXPO_STREAM_SIMD"  # forces the native kernel's SIMD level (csrc/extrapolate.cpp)
 ALPHA_MIN, ALPHA_MAX = 2.0**-60, 2.0**60
 
 Kernel = Callable[[np.ndarray, np.ndarray, float, np.ndarray], None]
@@ -35,6 +37,8 @@ def load_backend(name: str) -> Kernel:
         try:
             from .. import _native
         except ImportError as exc:
+            if os.environ.get(SIMD_ENV):  # the module refused the forced level, with its reason
+                raise BackendUnavailableError(str(exc)) from None
             raise BackendUnavailableError(
                 f"native kernel not built ({exc}); reinstall with a C++ compiler or use --backend numba"
             ) from None
@@ -64,6 +68,9 @@ def resolve_backend(name: str = "auto") -> str:
     if name != "auto":
         load_backend(name)
         return name
+    if os.environ.get(SIMD_ENV):  # a forced SIMD level means the native kernel, or an error
+        load_backend("native")
+        return "native"
     for candidate in BACKENDS:
         try:
             load_backend(candidate)
@@ -74,11 +81,16 @@ def resolve_backend(name: str = "auto") -> str:
 
 
 def describe_backend(name: str) -> str:
-    """A one-line description, e.g. ``native (x86-64-v4 (AVX-512))``."""
+    """A one-line description, e.g. ``native (SIMD avx2 of avx512, avx2, baseline)``.
+
+    The native kernel runs the best SIMD level the CPU has unless the environment variable
+    ``EXPO_STREAM_SIMD`` (avx512, avx2, baseline) forces one.
+    """
     if name == "native":
         from .. import _native
 
-        return f"native ({_native.simd_level()})"
+        forced = " forced by EXPO_STREAM_SIMD" if os.environ.get(SIMD_ENV) else ""
+        return f"native (SIMD {_native.simd_level()}{forced}; CPU runs {', '.join(_native.simd_levels())})"
     return name
 
 

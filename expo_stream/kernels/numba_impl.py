@@ -1,10 +1,12 @@
 """Numba kernel: the reference algorithm (docs/arithmetic.md) over raw bits.
 
-It mirrors ``csrc/extrapolate_kernel.inc``. Per block of 2048 elements: a first stage that LLVM
-vectorises (decode the stored bits, r = fl(d + fl(alpha*fl(d - s))), round r, and a proof per
-lane that x rounds the same way), a second vectorised stage on the few lanes next to a midpoint
-that the first cannot settle, and the scalar exact path (error-free transformations,
-Grow-Expansion, the exact midpoint decision) for what is left. Compiled with ``nogil=True`` so
+It mirrors the C++ kernel (``csrc/extrapolate_simd.h``). Per block of 2048 elements: a first
+stage that LLVM vectorises -- in float32 where inputs and output are BF16/F16 (the C++ kernel's
+stage 1: exact TwoSum/FMA errors bound x - r, and both ends of the error interval must round
+alike), otherwise in float64 (decode the stored bits, r = fl(d + fl(alpha*fl(d - s))), round r,
+and a proof per lane that x rounds the same way) -- a second vectorised stage on the few lanes
+next to a midpoint that the first cannot settle, and the scalar exact path (error-free
+transformations, Grow-Expansion, the exact midpoint decision) for what is left. Compiled with ``nogil=True`` so
 the executor's threads run it in parallel.
 """
 
@@ -188,6 +190,42 @@ def _trailing_zeros(typingctx, x):
     return types.uint64(types.uint64), codegen
 
 
+@intrinsic
+def _f32_from_bits(typingctx, x):
+    if x != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
+
+    return types.float32(types.int64), codegen
+
+
+@intrinsic
+def _bits_from_f32(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.zext(builder.bitcast(args[0], ir.IntType(32)), ir.IntType(64))
+
+    return types.int64(types.float32), codegen
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """float32 a*b + c rounded once (llvm.fma.f32)."""
+    if not (a == b == c == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32] * 3))
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
 @numba.njit(inline="always")
 def _decode_bits(bits, width, precision, rebias):
     """Exact float64 of stored bits, branch-free: exponent and mantissa fields go into the
@@ -283,6 +321,81 @@ def _first_stage(d, s, alpha, short_alpha, width, precision, emin, emax):
     return _grid_bits(e, steps + np.int64(up), r < 0.0, width, precision, emin), decided
 
 
+# The float32 first stage, for BF16/F16 inputs and a BF16/F16 output: the C++ kernel's stage 1
+# (csrc/extrapolate_simd.h; the proof is docs/arithmetic.md, "Stage 1"). alpha = a32 + alo
+# exactly, A >= |alo| a float32. With delta = d - s exact (TwoSum error 0), e_p = fma(a32,
+# delta, -p) and e_r the TwoSum error of r = fl(d + p), x = r + t with |t| <= T; where
+# T <= 2^-14|r| and both ends of [fl(r - U), fl(r + U)], U = fl(T + 2^-22|r|), round to the same
+# bits, x rounds to them. Where alpha is a float32, e_p = e_r = 0 and |p| >= 2^-101, x = r and
+# U = 0 (ties to even from r). Every other lane goes on to the second stage.
+_F32_ONE_PLUS = np.float32(1.0 + 2.0**-18)
+_F32_FLOOR = np.float32(2.0**-126)
+_F32_TWO_M14 = np.float32(2.0**-14)
+_F32_TWO_M22 = np.float32(2.0**-22)
+_F32_TWO_M101 = np.float32(2.0**-101)
+_F32_REBIAS_F16 = np.float32(2.0**112)
+
+
+@numba.njit(inline="always")
+def _decode32(bits, is_bf16):
+    """Exact float32 of BF16/F16 bits; F16 inf/NaN become NaN (never decided)."""
+    if is_bf16:
+        return _f32_from_bits(bits << 16)
+    body = _f32_from_bits((bits & 0x7FFF) << 13) * _F32_REBIAS_F16
+    v = np.int64(0x7FC00000) if (bits & 0x7C00) == 0x7C00 else _bits_from_f32(body)
+    return _f32_from_bits(v | ((bits & 0x8000) << 16))
+
+
+@numba.njit(inline="always")
+def _round32(x, out_bf16):
+    """RN-even of a float32 to BF16 or F16 bits, sign included (finite or inf input)."""
+    u = _bits_from_f32(x)
+    if out_bf16:
+        return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    a = u & 0x7FFFFFFF
+    normal = (a - (112 << 23) + 0xFFF + ((a >> 13) & 1)) >> 13
+    sub = _bits_from_f32(_f32_from_bits(a) + np.float32(0.5)) - 0x3F000000
+    bits = sub if a < 0x38800000 else normal
+    bits = 0x7C00 if a >= 0x477FF000 else bits
+    return bits | ((u >> 16) & 0x8000)
+
+
+@numba.njit(inline="always")
+def _first_stage32(d, s, a32, bound_alo, alpha_exact, out_bf16):
+    """(bits, decided) for one lane of the float32 stage."""
+    delta = d - s
+    b1 = delta - d
+    e_delta = (d - (delta - b1)) - (s + b1)
+    p = a32 * delta
+    e_p = _fma32(a32, delta, -p)
+    r = d + p
+    b2 = r - d
+    e_r = (d - (r - b2)) + (p - b2)
+    mag = abs(r)
+    known = abs(e_r) + abs(e_p)
+    terms = known if alpha_exact else _fma32(bound_alo, abs(delta), known)
+    t = _fma32(terms, _F32_ONE_PLUS, _F32_FLOOR)
+    u = _fma32(mag, _F32_TWO_M22, t)
+    if alpha_exact:
+        if (known == np.float32(0.0)) & (abs(p) >= _F32_TWO_M101):
+            u = np.float32(0.0)
+    low = _round32(r - u, out_bf16)
+    high = _round32(r + u, out_bf16)
+    decided = (e_delta == np.float32(0.0)) & (t <= _F32_TWO_M14 * mag) & (low == high)
+    return low, decided
+
+
+@numba.njit(inline="always")
+def _first_stage32_loop(dpo, sft, tmp, flags, a32, bound_alo, alpha_exact, d_bf16, s_bf16,
+                        out_bf16):
+    for i in range(tmp.shape[0]):
+        d = _decode32(np.int64(dpo[i]), d_bf16)
+        s = _decode32(np.int64(sft[i]), s_bf16)
+        bits, ok = _first_stage32(d, s, a32, bound_alo, alpha_exact, out_bf16)
+        tmp[i] = bits
+        flags[i] = ok
+
+
 # The second stage, for the lanes the first leaves undecided (at alpha = 0.3 or 0.1 about 5 % of
 # checkpoint results: alpha*k lies within alpha's binary error of a half-integer), is the C++
 # kernel's second stage, with an FMA for the product's error.
@@ -347,6 +460,14 @@ def _extrapolate_bits(dpo, dpo_fmt, sft, sft_fmt, out, out_fmt, alpha, short_alp
     d_rebias = math.ldexp(1.0, 1023 - (1 - demin))
     s_rebias = math.ldexp(1.0, 1023 - (1 - semin))
     n = out.shape[0]
+    # The float32 stage where every format is 16 bits wide; alpha = a32 + alo, A >= |alo|.
+    stage32 = dw == 16 and sw == 16 and ow == 16
+    a32 = np.float32(alpha)
+    alo = alpha - np.float64(a32)
+    bound_alo = np.float32(abs(alo))
+    if np.float64(bound_alo) < abs(alo):
+        bound_alo = np.nextafter(bound_alo, np.float32(np.inf))
+    alpha_exact = alo == 0.0
     flags = np.empty(_BLOCK, np.uint8)
     words = flags.view(np.uint64)
     hard = np.empty(_BLOCK, np.int64)
@@ -365,7 +486,14 @@ def _extrapolate_bits(dpo, dpo_fmt, sft, sft_fmt, out, out_fmt, alpha, short_alp
         block_d = dpo[base:base + m]
         block_s = sft[base:base + m]
         block_tmp = tmp[at:at + m]
-        if short_alpha:
+        if stage32:
+            if alpha_exact:
+                _first_stage32_loop(block_d, block_s, block_tmp, flags, a32, bound_alo, True,
+                                    dprec == 8, sprec == 8, oprec == 8)
+            else:
+                _first_stage32_loop(block_d, block_s, block_tmp, flags, a32, bound_alo, False,
+                                    dprec == 8, sprec == 8, oprec == 8)
+        elif short_alpha:
             _first_stage_loop(block_d, block_s, block_tmp, flags, alpha, True, dw, dprec,
                               d_rebias, sw, sprec, s_rebias, ow, oprec, oemin, oemax)
         else:
