@@ -115,6 +115,11 @@ Hub access uses huggingface_hub's standard environment:
 @click.option("--threads", type=click.IntRange(1, 256), default=DEFAULT_THREADS, show_default=True,
               help="Worker threads (default: cores + 1, so one can wait on the disk).")
 @click.option("--copy-unmatched", is_flag=True, help="Copy tensors found only in DPO unchanged.")
+@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads",
+              show_default=True, help="Run shards here, or one Ray task per shard on a cluster "
+              "whose nodes share the inputs' and --out's storage (pip install 'expo-stream[ray]').")
+@click.option("--ray-address", metavar="ADDR", help="With --executor ray: the cluster (default: "
+              "RAY_ADDRESS, else a local Ray started for the run).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit; reads headers only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--sft-name", metavar="ORG/NAME",
@@ -125,8 +130,8 @@ Hub access uses huggingface_hub's standard environment:
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @_errors
 def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, max_shard_size,
-          backend, threads, copy_unmatched, dry_run, overwrite, quiet, sft_name, dpo_name,
-          push_to, private) -> None:
+          backend, threads, copy_unmatched, executor, ray_address, dry_run, overwrite, quiet,
+          sft_name, dpo_name, push_to, private) -> None:
     """Extrapolate DPO away from SFT and write a new checkpoint.
 
     Reads both checkpoints tensor by tensor in bounded memory; output appears at OUT only when
@@ -148,6 +153,13 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         return
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
+    runner = None
+    if executor == "ray":
+        from .execute.ray import RayExecutor
+
+        runner = RayExecutor(ray_address)
+    elif ray_address:
+        raise UsageError("--ray-address needs --executor ray")
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -160,7 +172,8 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         with logging_redirect_tqdm() if bar is not None else contextlib.nullcontext():
             result = write_plan(plan, out, backend=backend, threads=threads,
                                 overwrite=overwrite, command=_command_line(),
-                                progress=bar.update if bar is not None else None)
+                                progress=bar.update if bar is not None else None,
+                                executor=runner)
     except (KeyboardInterrupt, Terminated) as exc:
         from .format.manifest import read_manifest
         from .format.writer import staging_path
