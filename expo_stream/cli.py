@@ -171,7 +171,9 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
 
         with logging_redirect_tqdm() if bar is not None else contextlib.nullcontext():
             result = write_plan(plan, out, backend=backend, threads=threads,
-                                overwrite=overwrite, command=_command_line(),
+                                overwrite=overwrite,
+                                # Where it ran is no part of the model (nor a cluster's address).
+                                command=_command_line(("--executor", "--ray-address")),
                                 progress=bar.update if bar is not None else None,
                                 executor=runner)
     except (KeyboardInterrupt, Terminated) as exc:
@@ -202,10 +204,17 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         click.echo(hub_push(result.outputs[0], push_to, private=private))
 
 
-def _command_line() -> str:
+def _command_line(without: tuple[str, ...] = ()) -> str:
+    """This command as typed, less the ``without`` options (and their values)."""
     import shlex
 
-    return shlex.join(["expo-stream", *sys.argv[1:]])
+    args, kept = iter(sys.argv[1:]), []
+    for arg in args:
+        if arg in without:
+            next(args, None)
+        elif arg.split("=", 1)[0] not in without:
+            kept.append(arg)
+    return shlex.join(["expo-stream", *kept])
 
 
 @main.command(epilog=HUB_HELP)
