@@ -323,14 +323,16 @@ def _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size):
     from .device import pick_device
     from .generation.score import ImplicitRewardScorer, RewardModelScorer
 
-    device = pick_device(device)
     if bool(reward_model) == bool(implicit_reward):
         raise UsageError("give either --reward-model PATH or --implicit-reward (with --sft/--dpo)")
+    # The device is picked where the scorer is made: with select-alpha on Ray, a task's node.
     if implicit_reward:
         if not (sft and dpo):
             raise UsageError("--implicit-reward needs --sft and --dpo")
-        return lambda: ImplicitRewardScorer(sft, dpo, beta=beta, device=device, batch_size=batch_size)
-    return lambda: RewardModelScorer(reward_model, device=device, batch_size=batch_size)
+        return lambda: ImplicitRewardScorer(sft, dpo, beta=beta, device=pick_device(device),
+                                            batch_size=batch_size)
+    return lambda: RewardModelScorer(reward_model, device=pick_device(device),
+                                     batch_size=batch_size)
 
 
 @main.command()
@@ -382,9 +384,14 @@ def score(outputs, reward_model, implicit_reward, sft, dpo, beta, baseline, out,
               help="Candidate models to keep under OUT/candidates: the best α's, or all.")
 @click.option("--device", help="cuda, cuda:1, cpu... (default: CUDA if present).")
 @click.option("--overwrite", is_flag=True, help="Replace the candidates of an earlier run in OUT.")
+@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads",
+              show_default=True, help="Evaluate candidates here in turn, or one Ray task each "
+              "(merge, generate, score on one node; a GPU each when the cluster has GPUs).")
+@click.option("--ray-address", metavar="ADDR", help="With --executor ray: the cluster (default: "
+              "RAY_ADDRESS, else a local Ray started for the run).")
 @_errors
 def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, beta, greedy,
-                 max_new_tokens, batch_size, keep, device, overwrite):
+                 max_new_tokens, batch_size, keep, device, overwrite, executor, ray_address):
     """Build every α candidate in one pass, generate, score; report reward and length per α."""
     from dataclasses import replace
 
@@ -393,13 +400,16 @@ def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, 
     from .generation.select import select_alpha as run, verdict
     from .plan.options import parse_alpha_list
 
+    if ray_address and executor != "ray":
+        raise UsageError("--ray-address needs --executor ray")
     sampling = GREEDY if greedy else PAPER
     if max_new_tokens:
         sampling = replace(sampling, max_new_tokens=max_new_tokens)
     factory = _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size)
     report = run(sft, dpo, list(parse_alpha_list(alphas, "alphas")),
                  load_prompts(prompts), out, scorer_factory=factory, sampling=sampling,
-                 device=pick_device(device), batch_size=batch_size, keep=keep, overwrite=overwrite)
+                 device=pick_device(device), batch_size=batch_size, keep=keep, overwrite=overwrite,
+                 executor=executor, ray_address=ray_address)
     click.echo((Path(out) / "report.md").read_text())
     click.echo(verdict(report).replace("**", ""))
 

@@ -66,8 +66,8 @@ class RayExecutor:
         """
         if not tasks:
             return
-        ray = _import_ray()
-        started = self._connect(ray)
+        ray = import_ray()
+        started = connect(ray, self.address)
         try:
             cpus = _node_cpus(ray)
             if not cpus:
@@ -78,24 +78,6 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
-
-    def _connect(self, ray) -> bool:
-        """Connect (or start a local Ray); True if this call did, so it must shut it down."""
-        if ray.is_initialized():
-            return False
-        address = self.address or os.environ.get("RAY_ADDRESS") or None
-        kwargs = dict(logging_level=logging.WARNING, configure_logging=False,
-                      include_dashboard=False)
-        try:
-            if address is None:
-                log.info("starting a local Ray for this run")
-                ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
-            else:
-                ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"at {address}" if address else "locally"
-            raise UsageError(f"cannot start or reach Ray {where}: {_first_line(exc)}") from None
-        return True
 
     def _run(self, ray, tasks, num_cpus, on_shard_done, progress) -> None:
         from ray.exceptions import RayError, RayTaskError
@@ -131,7 +113,30 @@ class RayExecutor:
             raise
 
 
-def _import_ray():
+def connect(ray, address: str | None) -> bool:
+    """Connect to the cluster at ``address`` (default ``RAY_ADDRESS``, else start a local Ray)
+    unless this process already is; True if this call did, so the caller must shut it down.
+
+    Raises:
+        UsageError: the cluster cannot be reached or started (one line).
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(logging_level=logging.WARNING, configure_logging=False, include_dashboard=False)
+    try:
+        if address is None:
+            log.info("starting a local Ray for this run")
+            ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"at {address}" if address else "locally"
+        raise UsageError(f"cannot start or reach Ray {where}: {_first_line(exc)}") from None
+    return True
+
+
+def import_ray():
     try:
         import ray
     except ImportError:
@@ -238,7 +243,7 @@ class _LazyActor:
 
     def options(self, **kwargs):
         if self.actor is None:
-            self.actor = _import_ray().remote(self.cls)
+            self.actor = import_ray().remote(self.cls)
         return self.actor.options(**kwargs)
 
 

@@ -14,35 +14,20 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs ray: pip install 'expo-stream[ray]'")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
-import expo_stream  # noqa: E402
 from expo_stream.errors import FormatError  # noqa: E402
 from expo_stream.execute.merge import make_options, plan_merge, write_plan  # noqa: E402
 from expo_stream.execute.ray import RayExecutor  # noqa: E402
 from expo_stream.sinks.local import LocalSink  # noqa: E402
 
-from ..helpers import tiny_pair  # noqa: E402
+from ..helpers import tiny_pair, two_node_ray_cluster  # noqa: E402
 
-NODE = dict(num_cpus=1, object_store_memory=80 * 2**20)
 SHARD = 700  # bytes: the tiny model becomes several output shards
-REPO = Path(expo_stream.__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    # Workers import expo_stream (and this module) from the tree under test.
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    c = Cluster(initialize_head=True, head_node_args=dict(NODE, include_dashboard=False))
-    c.add_node(**NODE)
-    ray.init(address=c.address, logging_level="WARNING")
-    c.wait_for_nodes()
-    try:
+    with two_node_ray_cluster() as c:
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 @pytest.fixture(scope="module")
