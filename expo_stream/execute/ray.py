@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 PROBE_PREFIX = ".expo-ray-probe-"
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20  # a local Ray started for one run holds only the plan
-PROGRESS_EVERY_BYTES = 64 * 2**20  # a task reports written bytes to the driver in steps this big
+PROGRESS_EVERY_BYTES = 64 * 2**20
+PROBE_TIMEOUT_S = 120  # generous: a node may have to start a worker process first  # a task reports written bytes to the driver in steps this big
 
 
 class RayExecutor:
@@ -111,6 +112,9 @@ class RayExecutor:
         except BaseException:
             _cancel(ray, list(pending))
             raise
+        finally:
+            if counter is not None:
+                ray.kill(counter)
 
 
 def connect(ray, address: str | None) -> bool:
@@ -164,7 +168,13 @@ def _check_shared(ray, task: ShardTask, nodes: list[str]) -> None:
     probe = ray.remote(_probe_remote)
     refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
         node, soft=False)).remote(str(task.staging), node, inputs) for node in nodes]
-    answers = ray.get(refs)
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        answers = ray.get(refs, timeout=PROBE_TIMEOUT_S)
+    except GetTimeoutError:
+        raise UsageError(f"the Ray nodes did not answer a {PROBE_TIMEOUT_S} s probe of "
+                         f"{task.staging}: is every node up?") from None
     try:
         for node, (host, problem) in zip(nodes, answers):
             path = task.staging / f"{PROBE_PREFIX}{node}"
@@ -217,7 +227,7 @@ def _compute_remote(plan, task: ShardTask, counter) -> tuple[tuple[dict, ...], s
 
     records = compute_shard(replace(task, plan=plan), report if counter is not None else None)
     if counter is not None and unsent:
-        counter.add.remote(unsent)
+        ray.get(counter.add.remote(unsent))  # counted before the driver sees this task done
     return records, ray.get_runtime_context().get_node_id()
 
 

@@ -42,17 +42,18 @@ def tree(directory: Path) -> dict[str, bytes]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def merged(pair, out, executor=None, **values):
+def merged(pair, out, executor=None, progress=None, **values):
     plan = plan_merge(make_options(*pair, max_shard_size=SHARD, **values))
-    return write_plan(plan, out, backend="numpy", threads=1, executor=executor)
+    return write_plan(plan, out, backend="numpy", threads=1, executor=executor, progress=progress)
 
 
 @pytest.mark.parametrize("values", [dict(alpha="0.3"), dict(layer_alphas="0.1,0.7"),
                                     dict(alpha="0.3,1.5")], ids=["uniform", "layers", "several"])
 def test_same_bytes_as_threaded_executor_and_both_nodes_work(cluster, pair, tmp_path, values):
     local = merged(pair, tmp_path / "local", **values)
-    executor = RayExecutor()
-    remote = merged(pair, tmp_path / "ray", executor, **values)
+    executor, seen = RayExecutor(), []
+    remote = merged(pair, tmp_path / "ray", executor, seen.append, **values)
+    assert sum(seen) == local.plan.output_bytes * len(local.plan.schedules)  # progress: every byte
     assert len(local.plan.shards) >= 4
     assert tree(tmp_path / "local") == tree(tmp_path / "ray")
     assert sorted(executor.nodes) == list(range(len(local.plan.shards)))
