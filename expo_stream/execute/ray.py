@@ -127,7 +127,10 @@ def connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = dict(logging_level=logging.WARNING, configure_logging=False, include_dashboard=False)
+    # Workers' own output (library progress bars, logs) stays in Ray's log files: what a task
+    # has to say comes back as its result or its error.
+    kwargs = dict(logging_level=logging.WARNING, configure_logging=False, include_dashboard=False,
+                  log_to_driver=False)
     try:
         if address is None:
             log.info("starting a local Ray for this run")
