@@ -44,11 +44,15 @@ class RayExecutor:
 
     After :meth:`run`, ``nodes`` maps each computed shard index to the Ray node id that wrote it.
 
+    Raises:
+        BackendUnavailableError: ``ray`` is not installed.
+
     Example:
         >>> write_plan(plan, "out/", executor=RayExecutor("head:6379"))  # doctest: +SKIP
     """
 
     def __init__(self, address: str | None = None, *, max_retries: int = 3):
+        import_ray()  # without Ray, say so before a merge opens its staging directory
         self.address = address
         self.max_retries = max_retries
         self.nodes: dict[int, str] = {}
@@ -59,7 +63,6 @@ class RayExecutor:
         """Run ``tasks`` as Ray tasks; see :class:`~.shard.Executor`.
 
         Raises:
-            BackendUnavailableError: ``ray`` is not installed.
             UsageError: the cluster cannot be reached, has no CPUs, or does not see the staging
                 directory (or an input) at the same path as the driver.
             ExpoStreamError: a task's own error (naming file and tensor), or a task lost more
