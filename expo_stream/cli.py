@@ -119,6 +119,11 @@ Hub access uses huggingface_hub's standard environment:
 @click.option("--threads", type=click.IntRange(1, 256), default=DEFAULT_THREADS, show_default=True,
               help="Worker threads (default: cores + 1, so one can wait on the disk).")
 @click.option("--copy-unmatched", is_flag=True, help="Copy tensors found only in DPO unchanged.")
+@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads",
+              show_default=True, help="Run shards here, or one Ray task per shard on a cluster "
+              "whose nodes share the inputs' and --out's storage (pip install 'expo-stream[ray]').")
+@click.option("--ray-address", metavar="ADDR", help="With --executor ray: the cluster (default: "
+              "RAY_ADDRESS, else a local Ray started for the run).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit; reads headers only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--sft-name", metavar="ORG/NAME",
@@ -129,8 +134,8 @@ Hub access uses huggingface_hub's standard environment:
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @_errors
 def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, max_shard_size,
-          backend, threads, copy_unmatched, dry_run, overwrite, quiet, sft_name, dpo_name,
-          push_to, private) -> None:
+          backend, threads, copy_unmatched, executor, ray_address, dry_run, overwrite, quiet,
+          sft_name, dpo_name, push_to, private) -> None:
     """Extrapolate DPO away from SFT and write a new checkpoint.
 
     Reads both checkpoints tensor by tensor in bounded memory; output appears at OUT only when
@@ -152,6 +157,13 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         return
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
+    runner = None
+    if executor == "ray":
+        from .execute.ray import RayExecutor
+
+        runner = RayExecutor(ray_address)
+    elif ray_address:
+        raise UsageError("--ray-address needs --executor ray")
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -163,8 +175,11 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
 
         with logging_redirect_tqdm() if bar is not None else contextlib.nullcontext():
             result = write_plan(plan, out, backend=backend, threads=threads,
-                                overwrite=overwrite, command=_command_line(),
-                                progress=bar.update if bar is not None else None)
+                                overwrite=overwrite,
+                                # Where it ran is no part of the model (nor a cluster's address).
+                                command=_command_line(("--executor", "--ray-address")),
+                                progress=bar.update if bar is not None else None,
+                                executor=runner)
     except (KeyboardInterrupt, Terminated) as exc:
         from .format.manifest import read_manifest
         from .format.writer import staging_path
@@ -193,10 +208,17 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         click.echo(hub_push(result.outputs[0], push_to, private=private))
 
 
-def _command_line() -> str:
+def _command_line(without: tuple[str, ...] = ()) -> str:
+    """This command as typed, less the ``without`` options (and their values)."""
     import shlex
 
-    return shlex.join(["expo-stream", *sys.argv[1:]])
+    args, kept = iter(sys.argv[1:]), []
+    for arg in args:
+        if arg in without:
+            next(args, None)
+        elif arg.split("=", 1)[0] not in without:
+            kept.append(arg)
+    return shlex.join(["expo-stream", *kept])
 
 
 @main.command(epilog=HUB_HELP)
@@ -305,14 +327,16 @@ def _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size):
     from .device import pick_device
     from .generation.score import ImplicitRewardScorer, RewardModelScorer
 
-    device = pick_device(device)
     if bool(reward_model) == bool(implicit_reward):
         raise UsageError("give either --reward-model PATH or --implicit-reward (with --sft/--dpo)")
+    # The device is picked where the scorer is made: with select-alpha on Ray, a task's node.
     if implicit_reward:
         if not (sft and dpo):
             raise UsageError("--implicit-reward needs --sft and --dpo")
-        return lambda: ImplicitRewardScorer(sft, dpo, beta=beta, device=device, batch_size=batch_size)
-    return lambda: RewardModelScorer(reward_model, device=device, batch_size=batch_size)
+        return lambda: ImplicitRewardScorer(sft, dpo, beta=beta, device=pick_device(device),
+                                            batch_size=batch_size)
+    return lambda: RewardModelScorer(reward_model, device=pick_device(device),
+                                     batch_size=batch_size)
 
 
 @main.command()
@@ -364,9 +388,14 @@ def score(outputs, reward_model, implicit_reward, sft, dpo, beta, baseline, out,
               help="Candidate models to keep under OUT/candidates: the best α's, or all.")
 @click.option("--device", help="cuda, cuda:1, cpu... (default: CUDA if present).")
 @click.option("--overwrite", is_flag=True, help="Replace the candidates of an earlier run in OUT.")
+@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads",
+              show_default=True, help="Evaluate candidates here in turn, or one Ray task each "
+              "(merge, generate, score on one node; a GPU each when the cluster has GPUs).")
+@click.option("--ray-address", metavar="ADDR", help="With --executor ray: the cluster (default: "
+              "RAY_ADDRESS, else a local Ray started for the run).")
 @_errors
 def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, beta, greedy,
-                 max_new_tokens, batch_size, keep, device, overwrite):
+                 max_new_tokens, batch_size, keep, device, overwrite, executor, ray_address):
     """Build every α candidate in one pass, generate, score; report reward and length per α."""
     from dataclasses import replace
 
@@ -375,13 +404,16 @@ def select_alpha(sft, dpo, alphas, prompts, out, reward_model, implicit_reward, 
     from .generation.select import select_alpha as run, verdict
     from .plan.options import parse_alpha_list
 
+    if ray_address and executor != "ray":
+        raise UsageError("--ray-address needs --executor ray")
     sampling = GREEDY if greedy else PAPER
     if max_new_tokens:
         sampling = replace(sampling, max_new_tokens=max_new_tokens)
     factory = _scorer(reward_model, implicit_reward, sft, dpo, beta, device, batch_size)
     report = run(sft, dpo, list(parse_alpha_list(alphas, "alphas")),
                  load_prompts(prompts), out, scorer_factory=factory, sampling=sampling,
-                 device=pick_device(device), batch_size=batch_size, keep=keep, overwrite=overwrite)
+                 device=pick_device(device), batch_size=batch_size, keep=keep, overwrite=overwrite,
+                 executor=executor, ray_address=ray_address)
     click.echo((Path(out) / "report.md").read_text())
     click.echo(verdict(report).replace("**", ""))
 

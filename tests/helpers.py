@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import ml_dtypes
@@ -73,3 +75,27 @@ def safetensors_loads(directory: Path) -> int:
     for f in Path(directory).glob("*.safetensors"):
         count += len(safetensors.numpy.load_file(f))
     return count
+
+
+@contextlib.contextmanager
+def two_node_ray_cluster():
+    """A local Ray cluster of two nodes (1 CPU, 80 MiB object store each), this process its
+    driver; workers import expo_stream from the tree under test."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import expo_stream
+
+    repo = str(Path(expo_stream.__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    node = dict(num_cpus=1, object_store_memory=80 * 2**20)
+    cluster = Cluster(initialize_head=True, head_node_args=dict(node, include_dashboard=False))
+    try:
+        cluster.add_node(**node)
+        ray.init(address=cluster.address, logging_level="WARNING")
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..errors import FormatError
 from ..format.dtypes import NUMPY_DTYPES
 from ..format.manifest import digest
 from ..format.safetensors import TensorInfo
@@ -89,7 +90,10 @@ class _Inputs:
         """Elements ``[start, stop)`` of a tensor, in this thread's buffer ``slot``."""
         f, offset, length = self.span(info, start, stop)
         buffer = self.buffer(slot, stop - start, NUMPY_DTYPES[info.dtype])
-        f.read_into(offset, buffer)
+        try:
+            f.read_into(offset, buffer)
+        except FormatError as exc:  # the reader knows the file; the message needs the tensor
+            raise FormatError(f"{exc} (reading tensor `{info.name}`)") from None
         f.release(offset, length)
         return buffer
 

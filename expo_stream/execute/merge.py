@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -14,8 +12,7 @@ from ..card import model_card_text
 from ..errors import ExpoStreamError, OutputError, PlanError, UsageError, os_problem
 from ..format.checkpoint import INDEX_NAME, SIDE_FILES, open_checkpoint
 from ..format.dtypes import TORCH_NAMES
-from ..format.manifest import ShardRecord, check_file, digest, read_manifest, write_manifest
-from ..format.writer import ShardFile, Staging
+from ..format.writer import Staging
 from ..kernels import describe_backend, resolve_backend
 from ..plan.options import (
     DEFAULT_MAX_SHARD_SIZE, MergeOptions, build_schedules, load_recipe, parse_dtype, parse_size,
@@ -23,7 +20,10 @@ from ..plan.options import (
 )
 from ..plan.planner import Plan, build_plan
 from ..version import __version__
-from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS, Chunk, Written, run_plan
+from ..sinks.local import LocalSink
+from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS
+from .shard import Executor, ShardTask
+from .threads import ThreadedExecutor
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def merge(sft: str | Path | None, dpo: str | Path | None, out: str | Path, *, ba
           threads: int = DEFAULT_THREADS, overwrite: bool = False,
           chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
           progress: Callable[[int], None] | None = None, command: str | None = None,
-          **option_values) -> MergeResult:
+          executor: Executor | None = None, **option_values) -> MergeResult:
     """Extrapolate ``dpo + alpha*(dpo - sft)`` and write the result to ``out``.
 
     The shortcut for ``write_plan(plan_merge(make_options(sft, dpo, **option_values)), out)``.
@@ -155,25 +155,29 @@ def merge(sft: str | Path | None, dpo: str | Path | None, out: str | Path, *, ba
     """
     plan = plan_merge(make_options(sft, dpo, **option_values))
     return write_plan(plan, out, backend=backend, threads=threads, overwrite=overwrite,
-                      chunk_elements=chunk_elements, progress=progress, command=command)
+                      chunk_elements=chunk_elements, progress=progress, command=command,
+                      executor=executor)
 
 
 def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
                threads: int = DEFAULT_THREADS, overwrite: bool = False,
                chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
                progress: Callable[[int], None] | None = None,
-               command: str | None = None) -> MergeResult:
+               command: str | None = None, executor: Executor | None = None) -> MergeResult:
     """Compute a plan's tensors and publish them, with side files and model card, at ``out``.
 
     Args:
         plan: from :func:`plan_merge`.
         out: output directory (one subdirectory per schedule when the plan has several).
         backend: ``auto``, ``native``, ``numba`` or ``numpy``.
-        threads: worker threads.
+        threads: worker threads (per shard task, with a distributed executor).
         overwrite: replace an existing ``out`` (never one holding or inside an input).
         chunk_elements: elements per chunk (bounds memory; never changes a bit).
         progress: called with output bytes as chunks finish.
         command: the command line that asked for this merge, for the recipe and model card.
+        executor: runs the shard tasks (execute/shard.py); default: a
+            :class:`~.threads.ThreadedExecutor` here. The plan, staging directory, manifest,
+            side files and final rename stay here whatever runs the shards.
 
     Returns:
         A :class:`MergeResult`.
@@ -195,113 +199,31 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
     subdirs = [sch.label if several else "." for sch in plan.schedules]
     log.info("merging %d tensors into %d shard(s) x %d schedule(s) with %s",
              len(plan.tensors), len(plan.shards), len(subdirs), describe_backend(backend))
-    shards = _Shards(plan, staging, subdirs, progress)
+    sink = LocalSink(plan, staging, subdirs)
     try:
-        shards.open()
-        run_plan(plan, shards.files, backend=backend, threads=threads,
-                 chunk_elements=chunk_elements, shards=shards.todo, on_chunk=shards.chunk_done)
+        kept = sink.completed()
+        todo = [s.index for s in plan.shards if s.index not in kept]
+        log.info("%d shard(s) kept from an interrupted run, %d to write", len(kept), len(todo))
+        if progress is not None and kept:
+            progress(sum(plan.shards[i].data_bytes for i in kept) * len(subdirs))
+        tasks = [ShardTask(plan, i, staging.path, tuple(subdirs), backend, threads, chunk_elements)
+                 for i in todo]
+        (executor or ThreadedExecutor()).run(tasks, sink.shard_done, progress)
         for i, sub in enumerate(subdirs):
             _write_side_files(staging, sub, plan, i, backend, command)
         staging.commit()
     except (OutputError, OSError) as exc:
-        shards.close()
         staging.abort()  # a write failed (disk full...): leave nothing behind
         if isinstance(exc, OutputError):
             raise
         raise OutputError(f"{exc.filename or staging.path}: {os_problem(exc)}") from None
     except BaseException:
-        shards.close()  # killed or interrupted: keep finished shards for a resumed run
-        staging.release()
+        staging.release()  # killed or interrupted: keep finished shards for a resumed run
         raise
     outputs = tuple((out / sub).resolve() if several else out.resolve() for sub in subdirs)
-    written = sum(plan.shards[i].data_bytes for i in shards.todo) * len(subdirs)
+    written = sum(plan.shards[i].data_bytes for i in todo) * len(subdirs)
     return MergeResult(outputs=outputs, plan=plan, backend=backend,
                        elapsed=time.perf_counter() - started, written=written)
-
-
-class _Shards:
-    """The output shard files of one merge, and the manifest that proves which are complete.
-
-    On a resumed run (the staging directory survives from an interrupted one with the same plan
-    fingerprint) shards whose recorded digests still match are kept; the rest are rewritten.
-    """
-
-    def __init__(self, plan: Plan, staging: Staging, subdirs: list[str], progress):
-        self.plan, self.staging, self.subdirs, self.progress = plan, staging, subdirs, progress
-        self.fingerprint = plan_fingerprint(plan)
-        self.files: list[dict[int, ShardFile]] = [{} for _ in subdirs]
-        self.records: list[dict[str, dict]] = [{} for _ in subdirs]
-        self.pending: dict[int, list[ShardRecord]] = {}  # shard -> one record per subdir
-        self.todo: list[int] = []
-
-    def open(self) -> None:
-        kept = self._provably_complete()
-        for shard in self.plan.shards:
-            if shard.index in kept:
-                if self.progress:
-                    self.progress(shard.data_bytes * len(self.subdirs))
-                continue
-            self.todo.append(shard.index)
-            self.pending[shard.index] = []
-            for k, sub in enumerate(self.subdirs):
-                path = self.staging.path / sub / shard.filename
-                self.files[k][shard.index] = ShardFile(path, shard.header, shard.file_bytes)
-                record = ShardRecord(shard.file_bytes)
-                record.ranges.append((0, len(shard.header), digest(shard.header)))
-                self.pending[shard.index].append(record)
-        log.info("%d shard(s) kept from an interrupted run, %d to write",
-                 len(kept), len(self.todo))
-
-    def _provably_complete(self) -> set[int]:
-        manifests = []
-        for sub in self.subdirs:
-            (self.staging.path / sub).mkdir(parents=True, exist_ok=True)
-            manifests.append(read_manifest(self.staging.path / sub))
-        if any(m is None or m.get("fingerprint") != self.fingerprint for m in manifests):
-            if any(m is not None for m in manifests):
-                log.info("staging directory is from a different merge: starting over")
-                self.staging.reset()
-                for sub in self.subdirs:
-                    (self.staging.path / sub).mkdir(parents=True, exist_ok=True)
-            return set()
-        kept = set()
-        for shard in self.plan.shards:
-            ok = True
-            for k, sub in enumerate(self.subdirs):
-                record = manifests[k]["shards"].get(shard.filename)
-                if record is None or check_file(self.staging.path / sub / shard.filename, record):
-                    ok = False
-                    break
-            if ok:
-                kept.add(shard.index)
-                for k in range(len(self.subdirs)):
-                    self.records[k][shard.filename] = manifests[k]["shards"][shard.filename]
-        return kept
-
-    def chunk_done(self, chunk: Chunk, written: list[Written]) -> None:
-        index = chunk.shard.index
-        records = self.pending[index]
-        for record, w in zip(records, written):
-            record.ranges.append((w.offset, w.length, w.digest))
-        if self.progress:
-            self.progress(sum(w.length for w in written))
-        if sum(n for _, n, _ in records[0].ranges) < chunk.shard.file_bytes:
-            return
-        # Every byte of this shard is written: sync it and record it as complete.
-        for k, sub in enumerate(self.subdirs):
-            self.files[k].pop(index).close()
-            self.records[k][chunk.shard.filename] = records[k].to_json()
-            write_manifest(self.staging.path / sub, self.fingerprint, self.records[k])
-        del self.pending[index]
-
-    def close(self) -> None:
-        for files in self.files:
-            for f in files.values():
-                try:
-                    f.close()
-                except ExpoStreamError:
-                    pass
-            files.clear()
 
 
 def inputs_differ(plan: Plan, chunk_bytes: int = 16 * 2**20) -> bool:
@@ -330,20 +252,6 @@ def inputs_differ(plan: Plan, chunk_bytes: int = 16 * 2**20) -> bool:
     finally:
         for f in files.values():
             f.close()
-
-
-def plan_fingerprint(plan: Plan) -> str:
-    """A digest of everything that decides the output bytes: inputs (size, mtime), layout, α."""
-    inputs = sorted({p for ck in (plan.sft, plan.dpo) for p in ck.files})
-    described = {
-        "version": __version__,
-        "inputs": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in inputs],
-        "shards": [[s.filename, s.header.hex()] for s in plan.shards],
-        "tensors": [[t.name, t.alphas, t.dtype, str(t.dpo.path), t.dpo.start,
-                     str(t.sft.path) if t.sft else None, t.sft.start if t.sft else None]
-                    for t in plan.tensors],
-    }
-    return hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 
 def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backend: str,

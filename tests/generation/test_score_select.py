@@ -15,7 +15,7 @@ from click.testing import CliRunner  # noqa: E402
 from expo_stream.cli import main  # noqa: E402
 from expo_stream.generation.score import ImplicitRewardScorer, RewardModelScorer, summarize  # noqa: E402
 
-from .tiny_lm import tiny_model_dir, tiny_tokenizer  # noqa: E402
+from .tiny_lm import tiny_sft_dpo, tiny_tokenizer  # noqa: E402
 
 RECORDS = [{"instruction": "say hello", "output": "hi there friend"},
            {"instruction": "name a color", "output": "blue"},
@@ -24,16 +24,7 @@ RECORDS = [{"instruction": "say hello", "output": "hi there friend"},
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    sft = tiny_model_dir(root / "sft", seed=0)
-    dpo = tiny_model_dir(root / "dpo", seed=0)
-    model = transformers.AutoModelForCausalLM.from_pretrained(dpo)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(dpo)
-    return sft, dpo
+    return tiny_sft_dpo(tmp_path_factory.mktemp("pair"))
 
 
 def test_implicit_reward_matches_a_direct_computation(pair):

@@ -44,3 +44,19 @@ def tiny_model_dir(path: Path, seed: int = 0, chat_template: str | None = CHAT_T
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return Path(path)
+
+
+def tiny_sft_dpo(root: Path) -> tuple[Path, Path]:
+    """An SFT model and a DPO model that differs from it by small noise (seeded)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    sft = tiny_model_dir(root / "sft", seed=0)
+    dpo = tiny_model_dir(root / "dpo", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(dpo)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(dpo)
+    return sft, dpo
