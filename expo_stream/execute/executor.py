@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import ExpoStreamError, FormatError
 from ..format.dtypes import NUMPY_DTYPES
 from ..format.manifest import digest
 from ..format.safetensors import TensorInfo
@@ -187,6 +187,16 @@ def run_plan(
 def _collect(pending: deque, done: set, on_chunk) -> None:
     for future in list(done):
         pending.remove(future)
-        written = future.result()  # re-raises a worker's error here
+        try:
+            written = future.result()  # re-raises a worker's error here
+        except (ExpoStreamError, OSError):
+            raise  # already one line (OSError: the caller names the output file)
+        except Exception as exc:
+            # A failure the engine did not foresee: still one line, naming where it happened.
+            c = future.chunk
+            raise ExpoStreamError(
+                f"{c.shard.filename}: tensor `{c.job.name}`, elements {c.start}-{c.stop}: "
+                f"{type(exc).__name__}: {exc} (an expo-stream bug: please report it; "
+                "--debug shows the traceback)") from exc
         if on_chunk is not None:
             on_chunk(future.chunk, written)

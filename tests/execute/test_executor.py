@@ -125,8 +125,6 @@ def test_on_chunk_accounts_for_every_byte_in_the_calling_thread(tmp_path):
     assert all(len(w) == 2 for _, w in seen)
 
 
-@pytest.mark.xfail(strict=True, reason="run_plan re-raises a kernel's exception as is: not an "
-                   "ExpoStreamError and the message does not name the tensor")
 def test_a_kernel_error_is_the_librarys_error_naming_the_tensor(tmp_path, monkeypatch):
     plan, _, _ = make_plan(tmp_path)
     victim = plan.tensors[5].name

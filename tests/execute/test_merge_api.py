@@ -1,5 +1,5 @@
 """The public merge API (expo_stream/execute/merge.py): make_options, plan_merge, merge,
-write_plan, MergeResult, inputs_differ, plan_fingerprint."""
+write_plan, MergeResult, inputs_differ; and sinks.local.plan_fingerprint."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 
 from expo_stream.errors import PlanError, UsageError
 from expo_stream.execute.merge import (
-    inputs_differ, make_options, merge, plan_fingerprint, plan_merge, write_plan,
+    inputs_differ, make_options, merge, plan_merge, write_plan,
 )
+from expo_stream.sinks.local import plan_fingerprint
 
 from ..helpers import load_all, tiny_pair
 
