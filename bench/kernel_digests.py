@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, help="write inputs and outputs as raw blobs here, with "
                     "manifest.txt listing the cases for bench/kernel_driver.cpp")
     ap.add_argument("--verify-dir", type=Path, help="check the *.out files another build wrote "
-                    "there (bench/aarch64_crosscheck.sh) against the recorded digests")
+                    "there (bench/cross_builds.sh) against the recorded digests")
     args = ap.parse_args()
     from expo_stream import _native
 

@@ -1,22 +1,37 @@
-// A stand-alone driver for the kernel's baseline level (csrc/extrapolate_simd.h at 16-byte
-// registers: NEON on aarch64, SSE2 on x86-64), for running it where Python is not at hand, e.g.
-// under qemu-aarch64 (bench/aarch64_crosscheck.sh).
+// A stand-alone driver for the kernel, for running it where Python is not at hand: under
+// qemu-aarch64, or as a Windows .exe built with MinGW (bench/cross_builds.sh). It is linked with
+// the level objects, csrc/extrapolate_<level>.cpp each compiled with its flags from setup.py
+// (aarch64: the generic one only; x86-64: generic, avx2 and avx512).
 //
-//     kernel_driver DIR     # runs every case of DIR/manifest.txt (bench/kernel_digests.py --dump)
+//     kernel_driver DIR [LEVEL]   # every case of DIR/manifest.txt (bench/kernel_digests.py --dump)
 //
-// Each manifest line: dpo_fmt sft_fmt out_fmt alpha(hex) n dpo_file sft_file out_file, formats
-// 0 BF16, 1 F16, 2 F32. The driver reads the inputs and overwrites out_file with its own output.
-#define EXPO_VBYTES 16
-#define EXPO_RUN run_baseline
-#define EXPO_PLAIN plain_baseline
-#include "../csrc/extrapolate_simd.h"
-
+// LEVEL: baseline (the default), or on x86-64 avx2 / avx512, which the caller must know the CPU
+// runs. Each manifest line: dpo_fmt sft_fmt out_fmt alpha(hex) n dpo_file sft_file out_file,
+// formats 0 BF16, 1 F16, 2 F32. The driver reads the inputs and overwrites out_file with its own
+// output.
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
+#include "../csrc/extrapolate.h"
+
 namespace {
+
+struct Level {
+  const char* name;
+  expo::Kernel run;
+};
+
+// The levels extrapolate.cpp dispatches to on this target, and no others.
+const Level kLevels[] = {
+#if defined(__x86_64__) || defined(_M_X64)
+    {"avx512", expo::run_avx512},
+    {"avx2", expo::run_avx2},
+#endif
+    {"baseline", expo::run_baseline},
+};
 
 std::vector<unsigned char> read_file(const std::string& path) {
   std::vector<unsigned char> data;
@@ -32,8 +47,15 @@ std::vector<unsigned char> read_file(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DIR (with DIR/manifest.txt)\n", argv[0]);
+  const Level* level = nullptr;
+  const char* name = argc == 3 ? argv[2] : "baseline";
+  for (const Level& l : kLevels) {
+    if (std::strcmp(l.name, name) == 0) level = &l;
+  }
+  if ((argc != 2 && argc != 3) || level == nullptr) {
+    std::fprintf(stderr, "usage: %s DIR [LEVEL] (with DIR/manifest.txt); levels:", argv[0]);
+    for (const Level& l : kLevels) std::fprintf(stderr, " %s", l.name);
+    std::fprintf(stderr, "\n");
     return 2;
   }
   const std::string dir = argv[1];
@@ -55,7 +77,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::vector<unsigned char> out(size_t(n) * sizes[oc]);
-    expo::run_baseline(d.data(), dc, s.data(), sc, out.data(), oc, n, alpha);
+    level->run(d.data(), dc, s.data(), sc, out.data(), oc, n, alpha);
     FILE* f = std::fopen((dir + "/" + oname).c_str(), "wb");
     if (!f || std::fwrite(out.data(), 1, out.size(), f) != out.size()) {
       std::fprintf(stderr, "%s: cannot write\n", oname);
@@ -65,6 +87,6 @@ int main(int argc, char** argv) {
     ++cases;
   }
   std::fclose(manifest);
-  std::printf("%d cases run\n", cases);
+  std::printf("%d cases run (%s)\n", cases, level->name);
   return 0;
 }
