@@ -226,13 +226,15 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
                        elapsed=time.perf_counter() - started, written=written)
 
 
-def inputs_differ(plan: Plan, chunk_bytes: int = 16 * 2**20) -> bool:
+def inputs_differ(plan: Plan, chunk_bytes: int = 2**20) -> bool:
     """Whether any merged tensor's SFT and DPO bytes differ (or their dtypes do).
 
     Stops at the first difference, which real pairs show in their first tensor; only a pair of
-    identical copies is read through.
+    identical copies is read through. Two reused buffers of ``chunk_bytes``: this runs in the
+    merge's process before the executor, inside its memory bound.
     """
     files: dict[Path, object] = {}
+    buffers = [bytearray(chunk_bytes), bytearray(chunk_bytes)]
     try:
         for t in plan.tensors:
             if t.sft is None:
@@ -241,12 +243,13 @@ def inputs_differ(plan: Plan, chunk_bytes: int = 16 * 2**20) -> bool:
                 return True
             for lo in range(0, t.dpo.nbytes, chunk_bytes):
                 n = min(chunk_bytes, t.dpo.nbytes - lo)
-                got = []
-                for info in (t.sft, t.dpo):
+                views = [memoryview(b)[:n] for b in buffers]
+                for info, view in zip((t.sft, t.dpo), views):
                     f = files.get(info.path) or files.setdefault(info.path, open(info.path, "rb"))
                     f.seek(info.start + lo)
-                    got.append(f.read(n))
-                if got[0] != got[1]:
+                    if f.readinto(view) != n:
+                        return True  # a short file: the executor names it
+                if views[0] != views[1]:
                     return True
         return False
     finally:
