@@ -25,7 +25,6 @@ the end ``adapter/``, ``projector.safetensors``, ``metrics.jsonl`` (per step),
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import gc
 import json
@@ -51,16 +50,16 @@ EVAL_METRICS_FILE = "eval_metrics.jsonl"
 STATE_FILE = "trainer_state.json"
 
 
-def _setting(default, help: str, *, type=None, flag: str | None = None,
+def _setting(default, help: str, *, kind: type | None = None, flag: str | None = None,
              run_default: bool = False, **bounds):
     """A TrainConfig field with what ``mm train-ddpo`` needs to offer it as an option.
 
-    ``type`` is given where the default cannot show it (None); ``bounds`` are ``min``,
-    ``max``, ``min_open``, ``max_open`` or ``choices``; ``run_default`` marks a default that
+    ``kind`` (the value's type) is given where the default cannot show it (None);
+    ``bounds`` are ``min``, ``max``, ``min_open``, ``max_open`` or ``choices``; ``run_default`` marks a default that
     :meth:`TrainConfig.for_run` chooses per run. The CLI builds its options from these,
     so a default or a limit is written once, here.
     """
-    return field(default=default, metadata=dict(help=help, type=type or builtins.type(default),
+    return field(default=default, metadata=dict(help=help, type=kind or type(default),
                                                 flag=flag, run_default=run_default, **bounds))
 
 
@@ -83,7 +82,7 @@ class TrainConfig:
     max_prompt_length: int = _setting(
         256, "Question tokens kept (cut from the question, never the image tokens).", min=1)
     max_response_length: int = _setting(256, "Response tokens kept.", min=1)
-    max_steps: int | None = _setting(None, "Stop after this many optimizer steps.", type=int,
+    max_steps: int | None = _setting(None, "Stop after this many optimizer steps.", kind=int,
                                      flag="--steps", min=1)
     precision: str = _setting("fp32", "fp32 (the CPU default), bf16 (autocast, no GradScaler; "
                               "the CUDA default) or fp16 (autocast + GradScaler; CUDA without "
@@ -93,7 +92,7 @@ class TrainConfig:
                                run_default=True)
     lora_dropout: float = _setting(0.05, "Dropout on the LoRA layers.", min=0, max=1,
                                    max_open=True)
-    save_every: int | None = _setting(None, "Also checkpoint every N steps.", type=int, min=1)
+    save_every: int | None = _setting(None, "Also checkpoint every N steps.", kind=int, min=1)
     seed: int = _setting(42, "Seed for the tiny model, data order and dropout.")
 
     def __post_init__(self):
