@@ -53,8 +53,8 @@ def describe_plan(plan: Plan, backend: str) -> str:
     tensors = plan.tensors
     merged = [t for t in tensors if t.sft is not None]
     lines = [
-        f"sft: {plan.sft.root} ({len(plan.sft.files)} file(s), {len(plan.sft.tensors)} tensors)",
-        f"dpo: {plan.dpo.root} ({len(plan.dpo.files)} file(s), {len(plan.dpo.tensors)} tensors)",
+        f"sft: {plan.sft} ({len(plan.sft.files)} file(s), {len(plan.sft.tensors)} tensors)",
+        f"dpo: {plan.dpo} ({len(plan.dpo.files)} file(s), {len(plan.dpo.tensors)} tensors)",
         f"tensors: {len(merged)} extrapolated, {len(tensors) - len(merged)} copied from DPO",
         f"read: {_size(plan.input_bytes)}; write per model: {_size(plan.output_bytes)}",
         f"backend: {backend}",

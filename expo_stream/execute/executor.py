@@ -16,19 +16,19 @@ import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from ..errors import ExpoStreamError, FormatError
 from ..format.dtypes import NUMPY_DTYPES
+from ..format.files import InputFile
 from ..format.manifest import digest
 from ..format.safetensors import TensorInfo
 from ..format.writer import ShardFile
 from ..kernels import apply, load_backend
 from ..plan.planner import Plan, ShardJob, TensorJob
-from ..sources.local import LocalFile
+from ..sources import open_input
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +70,21 @@ class _Inputs:
     """One shared reader per input file, and each worker thread's reused buffers."""
 
     def __init__(self):
-        self._files: dict[Path, LocalFile] = {}
+        self._files: dict[InputFile, object] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def get(self, path: Path) -> LocalFile:
+    def get(self, file: InputFile):
         with self._lock:
-            f = self._files.get(path)
+            f = self._files.get(file)
             if f is None:
-                f = self._files[path] = LocalFile(path)
+                f = self._files[file] = open_input(file)
             return f
 
-    def span(self, info: TensorInfo, start: int, stop: int) -> tuple[LocalFile, int, int]:
-        """The file and byte range of elements ``[start, stop)`` of a tensor."""
+    def span(self, info: TensorInfo, start: int, stop: int) -> tuple[object, int, int]:
+        """The reader and byte range of elements ``[start, stop)`` of a tensor."""
         size = NUMPY_DTYPES[info.dtype].itemsize
-        return self.get(info.path), info.start + start * size, (stop - start) * size
+        return self.get(info.file), info.start + start * size, (stop - start) * size
 
     def read(self, info: TensorInfo, start: int, stop: int, slot: str) -> np.ndarray:
         """Elements ``[start, stop)`` of a tensor, in this thread's buffer ``slot``."""
@@ -140,7 +140,7 @@ def run_plan(
         if ahead is not None:
             for info in (ahead.job.dpo, ahead.job.sft):
                 if info is not None:
-                    inputs.get(info.path).prefetch(*inputs.span(info, ahead.start, ahead.stop)[1:])
+                    inputs.get(info.file).prefetch(*inputs.span(info, ahead.start, ahead.stop)[1:])
         dpo = inputs.read(job.dpo, chunk.start, chunk.stop, "dpo")
         out_dtype = NUMPY_DTYPES[job.dtype]
         base = len(chunk.shard.header) + job.offset + chunk.start * out_dtype.itemsize

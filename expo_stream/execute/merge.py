@@ -21,6 +21,8 @@ from ..plan.options import (
 from ..plan.planner import Plan, build_plan
 from ..version import __version__
 from ..sinks.local import LocalSink
+from ..sources import open_once
+from ..format.files import InputFile
 from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS
 from .shard import Executor, ShardTask
 from .threads import ThreadedExecutor
@@ -192,7 +194,7 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
     backend = resolve_backend(backend)
     started = time.perf_counter()
     if not inputs_differ(plan):
-        raise PlanError(f"SFT {plan.sft.root} and DPO {plan.dpo.root} hold identical tensors: "
+        raise PlanError(f"SFT {plan.sft} and DPO {plan.dpo} hold identical tensors: "
                         "the difference is zero everywhere, so every α gives DPO back")
     staging = Staging(out, [options.sft, options.dpo], overwrite)
     several = len(plan.schedules) > 1
@@ -233,7 +235,7 @@ def inputs_differ(plan: Plan, chunk_bytes: int = 2**20) -> bool:
     identical copies is read through. Two reused buffers of ``chunk_bytes``: this runs in the
     merge's process before the executor, inside its memory bound.
     """
-    files: dict[Path, object] = {}
+    files: dict[InputFile, object] = {}
     buffers = [bytearray(chunk_bytes), bytearray(chunk_bytes)]
     try:
         for t in plan.tensors:
@@ -245,9 +247,8 @@ def inputs_differ(plan: Plan, chunk_bytes: int = 2**20) -> bool:
                 n = min(chunk_bytes, t.dpo.nbytes - lo)
                 views = [memoryview(b)[:n] for b in buffers]
                 for info, view in zip((t.sft, t.dpo), views):
-                    f = files.get(info.path) or files.setdefault(info.path, open(info.path, "rb"))
-                    f.seek(info.start + lo)
-                    if f.readinto(view) != n:
+                    f = files.get(info.file) or files.setdefault(info.file, open_once(info.file))
+                    if f.read_at(info.start + lo, view) != n:
                         return True  # a short file: the executor names it
                 if views[0] != views[1]:
                     return True

@@ -170,7 +170,8 @@ def _check_shared(ray, task: ShardTask, nodes: list[str]) -> None:
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    inputs = {str(p): p.stat().st_size for ck in (task.plan.sft, task.plan.dpo) for p in ck.files}
+    inputs = {f.id: f.size for ck in (task.plan.sft, task.plan.dpo) for f in ck.files
+              if f.source == "local"}
     probe = ray.remote(_probe_remote)
     refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
         node, soft=False)).remote(str(task.staging), node, inputs) for node in nodes]

@@ -18,6 +18,7 @@ from ..errors import FormatError, UsageError
 from ..format.checkpoint import open_checkpoint
 from ..format.dtypes import NUMPY_DTYPES
 from ..format.manifest import MANIFEST_NAME, check_file, differing_ranges, read_manifest
+from ..format.files import InputFile
 from ..format.safetensors import MappedFile, TensorInfo
 from ..kernels import apply, load_backend, resolve_backend
 from .executor import DEFAULT_CHUNK_ELEMENTS
@@ -89,7 +90,7 @@ def _verify_one(directory: Path, sample: int, seed: int, backend: str) -> Verify
         return report
     kernel = load_backend(resolve_backend(backend))
     names = _sample(checkpoint.tensors, sample, seed)
-    maps: dict[Path, MappedFile] = {}
+    maps: dict[InputFile, MappedFile] = {}
     try:
         for name in names:
             entry = recipe["tensors"].get(name)
@@ -100,7 +101,7 @@ def _verify_one(directory: Path, sample: int, seed: int, backend: str) -> Verify
                                  sft.tensors.get(name), kernel, maps)
             report.tensors_recomputed.append(name)
             if problem:
-                report.problems.append(f"{checkpoint.tensors[name].path}: tensor {name!r}: {problem}")
+                report.problems.append(f"{checkpoint.tensors[name].file}: tensor {name!r}: {problem}")
     finally:
         for m in maps.values():
             m.close()
@@ -112,7 +113,7 @@ def _tensors_hit(checkpoint, path: Path, record: dict, shown: int = 3) -> str:
     bad = differing_ranges(path, record) if path.is_file() else []
     if not bad:
         return ""
-    hit = [t.name for t in checkpoint.tensors.values() if t.path.name == path.name
+    hit = [t.name for t in checkpoint.tensors.values() if t.file.name == path.name
            and any(t.start < off + n and off < t.end for off, n in bad)]
     if not hit:
         return "; in the header"
@@ -148,7 +149,7 @@ def _sample(tensors: dict[str, TensorInfo], count: int, seed: int) -> list[str]:
 def _recompute(name, entry, out: TensorInfo, d: TensorInfo | None, s: TensorInfo | None,
                kernel, maps) -> str | None:
     def view(info: TensorInfo, lo: int, hi: int) -> np.ndarray:
-        m = maps.get(info.path) or maps.setdefault(info.path, MappedFile(info.path))
+        m = maps.get(info.file) or maps.setdefault(info.file, MappedFile(info.file.path))
         size = NUMPY_DTYPES[info.dtype].itemsize
         return m.view(info.start + lo * size, info.start + hi * size, NUMPY_DTYPES[info.dtype])
 

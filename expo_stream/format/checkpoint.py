@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError, UsageError
+from .files import InputFile
 from .safetensors import Header, TensorInfo, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -51,20 +52,26 @@ class Checkpoint:
     """The validated tensor table of one checkpoint.
 
     Attributes:
-        root: the directory (or the file's directory) the checkpoint lives in.
+        root: the local directory holding its ``config.json`` and side files (for a checkpoint
+            streamed from the Hub, the cached copy of those small files).
         files: the safetensors files, in the order their tensors are listed.
         tensors: name -> where it lives; ordered by file, then by offset (on-disk order).
         config: the parsed ``config.json`` beside the weights, or ``{}``.
+        name: how messages name it (the path, or ``org/name@revision``); default: ``root``.
     """
 
     root: Path
-    files: tuple[Path, ...]
+    files: tuple[InputFile, ...]
     tensors: dict[str, TensorInfo]
     config: dict
+    name: str = ""
+
+    def __str__(self) -> str:
+        return self.name or str(self.root)
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and validate every header of the checkpoint at ``path``.
+    """Read and validate every header of the local checkpoint at ``path``.
 
     Raises:
         UsageError: the path does not exist.
@@ -100,7 +107,13 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     raise FormatError(f"{path}: no model.safetensors, {INDEX_NAME} or .safetensors file found")
 
 
-def _from_index(root: Path, index_path: Path) -> Checkpoint:
+def read_index(index_path: Path) -> dict[str, str]:
+    """The ``weight_map`` of a ``model.safetensors.index.json``: tensor name -> shard file name.
+
+    Raises:
+        FormatError: unparsable, no string-to-string ``weight_map``, or a shard name that is not
+            a plain file name.
+    """
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -110,36 +123,61 @@ def _from_index(root: Path, index_path: Path) -> Checkpoint:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise FormatError(f"{index_path}: `weight_map` must map tensor names to file names")
-    shard_names = list(dict.fromkeys(weight_map.values()))
-    for name in shard_names:
+    for name in dict.fromkeys(weight_map.values()):
         if Path(name).name != name:
             raise FormatError(f"{index_path}: shard name {name!r} is not a plain file name")
+    return weight_map
+
+
+def _from_index(root: Path, index_path: Path) -> Checkpoint:
+    weight_map = read_index(index_path)
+    shard_names = list(dict.fromkeys(weight_map.values()))
+    for name in shard_names:
         if not (root / name).is_file():
             raise FormatError(f"{index_path}: shard {name!r} is missing from {root}")
-    checkpoint = _from_files(root, [root / name for name in shard_names])
-    for tensor, shard in weight_map.items():
-        info = checkpoint.tensors.get(tensor)
-        if info is None or info.path.name != shard:
-            raise FormatError(f"{root / shard}: index lists tensor {tensor!r} but the shard lacks it")
-    unlisted = [n for n in checkpoint.tensors if n not in weight_map]
-    if unlisted:
-        raise FormatError(
-            f"{checkpoint.tensors[unlisted[0]].path}: tensor {unlisted[0]!r} is not in {index_path.name}"
-        )
-    return checkpoint
+    headers = [read_header(root / name) for name in shard_names]
+    return assemble_checkpoint(root, str(root), headers, weight_map, index_path)
 
 
 def _from_files(root: Path, files: list[Path]) -> Checkpoint:
+    return assemble_checkpoint(root, str(root), [read_header(f) for f in files])
+
+
+def assemble_checkpoint(root: Path, name: str, headers: list[Header],
+                        weight_map: dict[str, str] | None = None,
+                        index_where: object = None) -> Checkpoint:
+    """A checkpoint from its files' validated headers, wherever they were read from.
+
+    Args:
+        root: the local directory of its config and side files.
+        name: how messages name the checkpoint.
+        headers: one per safetensors file, in index order.
+        weight_map: the index's map, checked against the headers (``None``: no index).
+        index_where: how errors name the index.
+
+    Raises:
+        FormatError: a tensor in two files, or an index that disagrees with the headers.
+    """
     tensors: dict[str, TensorInfo] = {}
-    for file in files:
-        header: Header = read_header(file)
+    for header in headers:
         for info in header.tensors:
             if info.name in tensors:
-                raise FormatError(
-                    f"{file}: tensor {info.name!r} also appears in {tensors[info.name].path.name}"
-                )
+                raise FormatError(f"{header.file}: tensor {info.name!r} also appears in "
+                                  f"{tensors[info.name].file.name}")
             tensors[info.name] = info
-    return Checkpoint(root=root, files=tuple(files), tensors=tensors, config=_read_config(root))
+    checkpoint = Checkpoint(root=root, files=tuple(h.file for h in headers), tensors=tensors,
+                            config=_read_config(root), name=name)
+    if weight_map is None:
+        return checkpoint
+    for tensor, shard in weight_map.items():
+        info = tensors.get(tensor)
+        if info is None or info.file.name != shard:
+            raise FormatError(f"{root / shard}: index lists tensor {tensor!r} but the shard lacks it")
+    unlisted = [n for n in tensors if n not in weight_map]
+    if unlisted:
+        raise FormatError(f"{tensors[unlisted[0]].file}: tensor {unlisted[0]!r} is not in "
+                          f"{getattr(index_where, 'name', index_where)}")
+    return checkpoint
 
 
 def _read_config(root: Path) -> dict:

@@ -23,18 +23,19 @@ import numpy as np
 from .. import system
 from ..errors import FormatError
 from .dtypes import ITEMSIZE
+from .files import InputFile
 
 MAX_HEADER_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where one tensor lives: ``path`` plus absolute byte range ``[start, end)`` in that file."""
+    """Where one tensor lives: ``file`` plus absolute byte range ``[start, end)`` in that file."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
-    path: Path
+    file: InputFile
     start: int
     end: int
 
@@ -54,7 +55,7 @@ class TensorInfo:
 class Header:
     """A validated header: tensors in file order and the string metadata."""
 
-    path: Path
+    file: InputFile
     data_start: int
     tensors: tuple[TensorInfo, ...]
     metadata: dict[str, str]
@@ -73,11 +74,11 @@ class _Duplicate(Exception):
     pass
 
 
-def parse_header(path: Path, prefix: bytes, file_size: int) -> Header:
+def parse_header(file: InputFile, prefix: bytes, file_size: int) -> Header:
     """Validate a safetensors header.
 
     Args:
-        path: the file, named in errors.
+        file: the file, named in errors.
         prefix: the file's first bytes; at least ``8 + N`` of them unless the file is shorter.
         file_size: the file's size in bytes.
 
@@ -88,31 +89,31 @@ def parse_header(path: Path, prefix: bytes, file_size: int) -> Header:
         FormatError: for any violation of the format, naming the file and the tensor.
 
     Example:
-        >>> parse_header(Path("x"), b"\\x02" + b"\\0" * 7 + b"{}", 10).tensors
+        >>> parse_header(InputFile("local", "x", 10, "0"), b"\\x02" + b"\\0" * 7 + b"{}", 10).tensors
         ()
     """
     if file_size < 8 or len(prefix) < 8:
-        raise FormatError(f"{path}: file of {file_size} bytes is too short for a safetensors header")
+        raise FormatError(f"{file}: file of {file_size} bytes is too short for a safetensors header")
     (n,) = struct.unpack("<Q", prefix[:8])
     if n > MAX_HEADER_BYTES:
-        raise FormatError(f"{path}: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+        raise FormatError(f"{file}: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
     if 8 + n > file_size:
-        raise FormatError(f"{path}: header length {n} runs past the end of the {file_size}-byte file")
+        raise FormatError(f"{file}: header length {n} runs past the end of the {file_size}-byte file")
     raw = prefix[8 : 8 + n]
     if len(raw) != n:
-        raise FormatError(f"{path}: header truncated: {len(raw)} of {n} bytes readable")
+        raise FormatError(f"{file}: header truncated: {len(raw)} of {n} bytes readable")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FormatError(f"{path}: header is not UTF-8 (byte {exc.start})") from None
+        raise FormatError(f"{file}: header is not UTF-8 (byte {exc.start})") from None
     try:
         obj = json.loads(text, object_pairs_hook=_reject_duplicates)
     except _Duplicate as dup:
-        raise FormatError(f"{path}: header names tensor {dup.args[0]!r} twice") from None
+        raise FormatError(f"{file}: header names tensor {dup.args[0]!r} twice") from None
     except (ValueError, RecursionError) as exc:
-        raise FormatError(f"{path}: header is not valid JSON ({str(exc).splitlines()[0]})") from None
+        raise FormatError(f"{file}: header is not valid JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(obj, dict):
-        raise FormatError(f"{path}: header is a JSON {type(obj).__name__}, not an object")
+        raise FormatError(f"{file}: header is a JSON {type(obj).__name__}, not an object")
 
     metadata = obj.pop("__metadata__", None)
     if metadata is None:
@@ -120,48 +121,48 @@ def parse_header(path: Path, prefix: bytes, file_size: int) -> Header:
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise FormatError(f"{path}: __metadata__ must map strings to strings")
+        raise FormatError(f"{file}: __metadata__ must map strings to strings")
 
     data_start = 8 + n
     data_len = file_size - data_start
     entries = []
     for name, entry in obj.items():
-        entries.append(_tensor_entry(path, name, entry, data_start))
+        entries.append(_tensor_entry(file, name, entry, data_start))
     entries.sort(key=lambda t: (t.start, t.end))
     cursor = data_start
     for t in entries:
         if t.start != cursor:
             what = "overlaps the previous tensor" if t.start < cursor else "leaves a hole before it"
             raise FormatError(
-                f"{path}: invalid offsets for tensor {t.name!r}: begins at data byte "
+                f"{file}: invalid offsets for tensor {t.name!r}: begins at data byte "
                 f"{t.start - data_start} and {what} (expected {cursor - data_start})"
             )
         cursor = t.end
     if cursor != file_size:
         if cursor > file_size:
             raise FormatError(
-                f"{path}: tensor data runs past the end of the file "
+                f"{file}: tensor data runs past the end of the file "
                 f"({cursor - data_start} bytes declared, {data_len} present; truncated?)"
             )
         raise FormatError(
-            f"{path}: {file_size - cursor} bytes after the last tensor are not covered by the header"
+            f"{file}: {file_size - cursor} bytes after the last tensor are not covered by the header"
         )
     in_file_order = tuple(entries)
-    return Header(path=path, data_start=data_start, tensors=in_file_order, metadata=dict(metadata))
+    return Header(file=file, data_start=data_start, tensors=in_file_order, metadata=dict(metadata))
 
 
-def _tensor_entry(path: Path, name: str, entry: object, data_start: int) -> TensorInfo:
+def _tensor_entry(file: InputFile, name: str, entry: object, data_start: int) -> TensorInfo:
     if not isinstance(entry, dict):
-        raise FormatError(f"{path}: entry for tensor {name!r} is not an object")
+        raise FormatError(f"{file}: entry for tensor {name!r} is not an object")
     dtype = entry.get("dtype")
     if not isinstance(dtype, str) or dtype not in ITEMSIZE:  # a list here once crashed the lookup
-        raise FormatError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        raise FormatError(f"{file}: tensor {name!r} has unknown dtype {dtype!r}")
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(
         type(d) is int and d >= 0 for d in shape  # bool is an int subclass: exclude it
     ):
         raise FormatError(
-            f"{path}: tensor {name!r} has invalid shape {shape!r} (need non-negative integers)"
+            f"{file}: tensor {name!r} has invalid shape {shape!r} (need non-negative integers)"
         )
     offsets = entry.get("data_offsets")
     if (
@@ -170,7 +171,7 @@ def _tensor_entry(path: Path, name: str, entry: object, data_start: int) -> Tens
         or not all(type(o) is int and o >= 0 for o in offsets)
         or offsets[1] < offsets[0]
     ):
-        raise FormatError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+        raise FormatError(f"{file}: tensor {name!r} has invalid data_offsets {offsets!r}")
     numel = 1
     for dim in shape:
         numel *= dim  # Python ints: no overflow to check, the size comparison bounds it
@@ -178,10 +179,10 @@ def _tensor_entry(path: Path, name: str, entry: object, data_start: int) -> Tens
     begin, end = offsets
     if end - begin != expected:
         raise FormatError(
-            f"{path}: tensor {name!r} is {dtype}{shape}, {expected} bytes, "
+            f"{file}: tensor {name!r} is {dtype}{shape}, {expected} bytes, "
             f"but its data_offsets span {end - begin}"
         )
-    return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, data_start + end)
+    return TensorInfo(name, dtype, tuple(shape), file, data_start + begin, data_start + end)
 
 
 def encode_header(tensors, metadata: dict[str, str] | None = None) -> bytes:
@@ -204,10 +205,11 @@ def encode_header(tensors, metadata: dict[str, str] | None = None) -> bytes:
 
 
 def read_header(path: Path) -> Header:
-    """Read and validate the header of the safetensors file at ``path`` (opened read-only)."""
+    """Read and validate the header of the local safetensors file at ``path`` (read-only)."""
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            stat = os.fstat(f.fileno())
+            size = stat.st_size
             head = f.read(8)
             if len(head) == 8:
                 (n,) = struct.unpack("<Q", head)
@@ -217,7 +219,7 @@ def read_header(path: Path) -> Header:
         raise FormatError(f"{path}: is a directory, expected a .safetensors file") from None
     except OSError as exc:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_header(path, head, size)
+    return parse_header(InputFile.local(path, stat), head, size)
 
 
 class MappedFile:

@@ -103,8 +103,8 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
             not fit the model (layer α on a model without layers, a per-layer list of the wrong
             length).
     """
-    if sorted(f.resolve() for f in sft.files) == sorted(f.resolve() for f in dpo.files):
-        raise PlanError(f"SFT {sft.root} and DPO {dpo.root} are the same files: the difference "
+    if sorted(f.id for f in sft.files) == sorted(f.id for f in dpo.files):
+        raise PlanError(f"SFT {sft} and DPO {dpo} are the same files: the difference "
                         "is zero everywhere, so every α gives DPO back")
     problems: list[str] = []
     only_sft = [n for n in sft.tensors if n not in dpo.tensors]
@@ -117,7 +117,7 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
     layers = layer_table(list(dpo.tensors))
     if any(s.is_layerwise for s in options.schedules) and not layers:
         raise PlanError(
-            f"{dpo.root}: layer α given but no tensor name holds a layer index "
+            f"{dpo}: layer α given but no tensor name holds a layer index "
             f"(looked for `<stack>.layers.N.`, `.h.N.`, `.blocks.N.`; first tensor: "
             f"{next(iter(dpo.tensors), '')!r})"
         )
@@ -155,7 +155,7 @@ def build_plan(sft: Checkpoint, dpo: Checkpoint, options: MergeOptions) -> Plan:
         if config:
             problems.insert(0, f"configs differ ({config})")
         raise PlanError(
-            f"SFT {sft.root} and DPO {dpo.root} cannot be merged: " + "; ".join(problems)
+            f"SFT {sft} and DPO {dpo} cannot be merged: " + "; ".join(problems)
         )
     return Plan(sft=sft, dpo=dpo, options=options, shards=_layout(jobs, options.max_shard_size),
                 warnings=warnings)

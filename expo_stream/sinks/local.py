@@ -75,14 +75,15 @@ class LocalSink:
 
 
 def plan_fingerprint(plan: Plan) -> str:
-    """A digest of everything that decides the output bytes: inputs (size, mtime), layout, α."""
-    inputs = sorted({p for ck in (plan.sft, plan.dpo) for p in ck.files})
+    """A digest of everything that decides the output bytes: inputs (id, size, version), layout,
+    α. From the plan alone: a changed input gives a different plan, hence another fingerprint."""
+    inputs = sorted({f for ck in (plan.sft, plan.dpo) for f in ck.files}, key=lambda f: f.id)
     described = {
         "version": __version__,
-        "inputs": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in inputs],
+        "inputs": [[f.id, f.size, f.version, f.sha256] for f in inputs],
         "shards": [[s.filename, s.header.hex()] for s in plan.shards],
-        "tensors": [[t.name, t.alphas, t.dtype, str(t.dpo.path), t.dpo.start,
-                     str(t.sft.path) if t.sft else None, t.sft.start if t.sft else None]
+        "tensors": [[t.name, t.alphas, t.dtype, t.dpo.file.id, t.dpo.start,
+                     t.sft.file.id if t.sft else None, t.sft.start if t.sft else None]
                     for t in plan.tensors],
     }
     return hashlib.sha256(json.dumps(described).encode()).hexdigest()

@@ -152,7 +152,7 @@ def test_a_kernel_error_is_the_librarys_error_naming_the_tensor(tmp_path, monkey
 
 def test_an_input_that_shrank_is_a_format_error_naming_the_file(tmp_path):
     plan, _, _ = make_plan(tmp_path)
-    path = plan.tensors[-1].dpo.path
+    path = plan.tensors[-1].dpo.file.path
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(FormatError, match=str(path)):
         execute(plan, tmp_path / "out", threads=2)

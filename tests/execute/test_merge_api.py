@@ -99,7 +99,7 @@ def test_inputs_differ_finds_one_changed_byte_late_in_a_tensor(tmp_path):
     shutil.copytree(dpo, tmp_path / "copy")
     plan = plan_merge(make_options(tmp_path / "copy", dpo, alpha=1))
     last = plan.tensors[-1].sft
-    with open(last.path, "r+b") as f:
+    with open(last.file.path, "r+b") as f:
         f.seek(last.end - 1)
         byte = f.read(1)
         f.seek(last.end - 1)

@@ -88,14 +88,14 @@ def test_interrupted_run_resumes_and_computes_only_the_rest(cluster, pair, tmp_p
 def test_task_error_is_one_line_naming_file_and_tensor(cluster, tmp_path):
     sft_dir, dpo_dir, _, _ = tiny_pair(tmp_path)
     plan = plan_merge(make_options(sft_dir, dpo_dir, alpha="0.3", max_shard_size=SHARD))
-    path = plan.tensors[-1].dpo.path
-    last = max((t.dpo for t in plan.tensors if t.dpo.path == path), key=lambda info: info.end)
+    path = plan.tensors[-1].dpo.file.path
+    last = max((t.dpo for t in plan.tensors if t.dpo.file.path == path), key=lambda info: info.end)
     os.truncate(path, last.end - 2)  # the input shrank after planning: only `last` is cut
     with pytest.raises(FormatError) as caught:
         write_plan(plan, tmp_path / "out", backend="numpy", threads=1, executor=RayExecutor())
     message = str(caught.value)
     assert "\n" not in message
-    assert str(last.path) in message and f"`{last.name}`" in message
+    assert str(last.file) in message and f"`{last.name}`" in message
 
 
 def _dies_once(plan, task, counter):

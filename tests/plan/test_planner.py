@@ -13,6 +13,7 @@ import pytest
 from expo_stream.errors import PlanError
 from expo_stream.format.checkpoint import Checkpoint, group_shards, shard_name
 from expo_stream.format.dtypes import ITEMSIZE
+from expo_stream.format.files import InputFile
 from expo_stream.format.safetensors import TensorInfo, parse_header
 from expo_stream.plan.options import MergeOptions, build_schedules
 from expo_stream.plan.planner import SHOWN, build_plan
@@ -22,7 +23,7 @@ CONFIG = {"model_type": "llama", "num_hidden_layers": 3, "hidden_size": 4}
 
 def checkpoint(root: Path, tensors: dict, config: dict | None = None) -> Checkpoint:
     """A checkpoint of ``name -> (dtype, shape)`` in one file that is never created."""
-    path = root / "model.safetensors"
+    path = InputFile("local", str(root / "model.safetensors"), 0, "0")
     infos, offset = {}, 64
     for name, (dtype, shape) in tensors.items():
         n = ITEMSIZE[dtype]
@@ -76,7 +77,7 @@ def test_tensors_pair_by_name_in_dpo_order_whatever_the_sft_order(tmp_path):
 
 def test_a_plan_reads_no_tensor_data(tmp_path):
     plan = plan_of(tmp_path, model(), model(), alpha=0.5)
-    assert not any(p.exists() for p in (*plan.sft.files, *plan.dpo.files))
+    assert not any(f.path.exists() for f in (*plan.sft.files, *plan.dpo.files))
     assert len(plan.tensors) == len(model())
 
 
