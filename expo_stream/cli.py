@@ -104,7 +104,8 @@ Hub access uses huggingface_hub's standard environment:
 @click.option("--sft", help="SFT checkpoint: dir, .safetensors file, or Hub repo id org/name[@rev]. "
               "A PyTorch .bin checkpoint is converted first (this imports torch; weights_only).")
 @click.option("--dpo", help="Aligned (DPO/RLHF) checkpoint: dir, file or Hub repo id.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output directory (may be left out with --push-to: nothing is kept locally).")
 @click.option("--alpha", help="Uniform alpha; a comma list (0.3,0.5) writes OUT/alpha-X per value.")
 @click.option("--layer-alphas", help="alpha per contiguous layer group, e.g. 5,10,15.")
 @click.option("--non-layer-alpha",
@@ -130,30 +131,46 @@ Hub access uses huggingface_hub's standard environment:
               help="Hub repo id of a local SFT input, for the model card's base_model.")
 @click.option("--dpo-name", metavar="ORG/NAME",
               help="Hub repo id of a local DPO input, for the model card's base_model.")
-@click.option("--push-to", metavar="ORG/NAME", help="Push the merged model to this Hub repo.")
+@click.option("--stream", is_flag=True, help="Read Hub repo ids' weights with range requests "
+              "instead of downloading them: nothing of the inputs is stored (checked against "
+              "their sha256 on the Hub).")
+@click.option("--push-to", metavar="ORG/NAME", help="Push the merged model to this Hub repo; "
+              "without --out, each shard is uploaded as it is done and one commit publishes all.")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @_errors
 def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, max_shard_size,
           backend, threads, copy_unmatched, executor, ray_address, dry_run, overwrite, quiet,
-          sft_name, dpo_name, push_to, private) -> None:
+          sft_name, dpo_name, stream, push_to, private) -> None:
     """Extrapolate DPO away from SFT and write a new checkpoint.
 
     Reads both checkpoints tensor by tensor in bounded memory; output appears at OUT only when
-    complete. A re-run of an interrupted merge resumes it.
+    complete. A re-run of an interrupted merge resumes it. With --stream --push-to and no
+    --out, a merge goes from Hub to Hub in bounded disk and RAM, whatever the model's size.
     """
     from .execute.merge import make_options, plan_merge, write_plan
-    from .report import describe_plan
+    from .report import describe_costs, describe_plan
 
+    if out is None and not push_to:
+        raise UsageError("give --out DIR, or --push-to ORG/NAME to publish without a local copy")
+    if out is None and executor == "ray":
+        raise UsageError("--executor ray needs --out (a directory every node sees)")
     options = make_options(sft, dpo, alpha=alpha, layer_alphas=layer_alphas,
                            non_layer_alpha=non_layer_alpha, recipe=recipe, dtype=dtype,
                            max_shard_size=max_shard_size, copy_unmatched=copy_unmatched,
-                           sft_name=sft_name, dpo_name=dpo_name)
+                           sft_name=sft_name, dpo_name=dpo_name, stream=stream)
     plan = plan_merge(options)
     if dry_run:
+        from .execute.executor import DEFAULT_CHUNK_ELEMENTS
         from .format.writer import check_output
 
-        check_output(out, [options.sft, options.dpo], overwrite)  # what the run would refuse
+        if out is not None:  # what the run would refuse
+            check_output(out, [p for p in (options.sft, options.dpo) if p.exists()], overwrite)
         click.echo(describe_plan(plan, describe_backend(resolve_backend(backend))))
+        click.echo(describe_costs(plan, stream=stream, local_copy=out is not None,
+                                  threads=threads, chunk_elements=DEFAULT_CHUNK_ELEMENTS))
+        return
+    if out is None:
+        _push_streamed(plan, push_to, private, backend, threads, quiet)
         return
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -206,6 +223,46 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         if len(result.outputs) != 1:
             raise UsageError("--push-to takes one model; push each alpha-* directory with `push`")
         click.echo(hub_push(result.outputs[0], push_to, private=private))
+
+
+def _push_streamed(plan, repo_id: str, private: bool, backend: str, threads: int,
+                   quiet: bool) -> None:
+    """``merge --push-to`` without ``--out``: shard by shard to the Hub, one commit."""
+    from .execute.merge import push_plan
+
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.output_bytes * len(plan.schedules), unit="B", unit_scale=True,
+                   unit_divisor=1024, desc="merge", file=sys.stderr, dynamic_ncols=True)
+    progress = None
+    if bar is not None:
+        import time
+
+        from .sources.hub import STATS
+
+        started, before = time.perf_counter(), STATS.downloaded
+
+        def show(n: int) -> None:  # output bytes, and the network's pace beside them
+            bar.update(n)
+            seconds = max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"net {(STATS.downloaded - before) / seconds / 2**20:.0f} MiB/s",
+                                refresh=False)
+        progress = show
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm() if bar is not None else contextlib.nullcontext():
+            result = push_plan(plan, repo_id, private=private, backend=backend, threads=threads,
+                               progress=progress, command=_command_line(("--threads",)))
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(result.summary())
+    click.echo(result.url)
 
 
 def _command_line(without: tuple[str, ...] = ()) -> str:

@@ -72,3 +72,37 @@ def describe_plan(plan: Plan, backend: str) -> str:
     for shard in plan.shards:
         lines.append(f"  {shard.filename}: {len(shard.tensors)} tensors, {_size(shard.file_bytes)}")
     return "\n".join(lines)
+
+
+def describe_costs(plan: Plan, *, stream: bool, local_copy: bool, threads: int,
+                   chunk_elements: int) -> str:
+    """What the chosen mode needs (bytes downloaded, peak local disk and RAM), and the same for
+    downloading the inputs first, one line each.
+
+    Estimates from the plan: the RAM figures count the engine's buffers (three per thread, and
+    with ``stream`` a window of ranges for the two or three input files read at once) plus
+    ~100 MiB for the interpreter and libraries; disk counts what the run writes or downloads.
+    """
+    from .sources.hub import RANGE_BYTES, WINDOW
+
+    hub_files = [f for ck in (plan.sft, plan.dpo) for f in ck.files
+                 if f.source == "hub" or "/snapshots/" in f.id]  # streamed, or downloaded
+    remote = sum(f.size for f in hub_files)
+    n = len(plan.schedules)
+    output = sum(s.file_bytes for s in plan.shards) * n
+    biggest = max((s.file_bytes for s in plan.shards), default=0) * n
+    engine = threads * 3 * chunk_elements * 4 + 100 * 2**20
+    windows = min(3, len(hub_files)) * WINDOW * RANGE_BYTES
+    first_disk = remote + output
+    if stream:
+        disk = output if local_copy else 2 * biggest
+        mode = "stream" + (" to --out" if local_copy else ", shard by shard to the Hub")
+        chosen = (f"{mode}: download {_size(remote)}, peak disk {_size(disk)}, "
+                  f"RAM ~{_size(engine + windows)}")
+    else:
+        chosen = (f"download first: download {_size(remote)}, peak disk {_size(first_disk)}, "
+                  f"RAM ~{_size(engine)}")
+    other = (f"(download first instead: download {_size(remote)}, peak disk {_size(first_disk)}, "
+             f"RAM ~{_size(engine)})" if stream else
+             f"(--stream --push-to instead: peak disk {_size(2 * biggest)}, RAM ~{_size(engine + 3 * WINDOW * RANGE_BYTES)})")
+    return f"cost: {chosen}\n{other}"

@@ -21,7 +21,7 @@ from ..plan.options import (
 from ..plan.planner import Plan, build_plan
 from ..version import __version__
 from ..sinks.local import LocalSink
-from ..sources import open_once
+from ..sources import close_inputs, finish_inputs, open_once
 from ..format.files import InputFile
 from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS
 from .shard import Executor, ShardTask
@@ -52,6 +52,24 @@ class MergeResult:
         return f"MergeResult(outputs={[str(p) for p in self.outputs]!r}, backend={self.backend!r})"
 
 
+@dataclass(frozen=True, repr=False)
+class PushResult:
+    url: str  # the commit
+    plan: Plan
+    backend: str
+    elapsed: float
+    written: int  # tensor bytes computed in this run
+    uploaded: int  # shard bytes uploaded in this run
+    kept: int  # shards an interrupted run had uploaded already
+
+    def summary(self) -> str:
+        rate = self.written / self.elapsed / 1e6 if self.elapsed > 0 else float("inf")
+        return (f"merged {len(self.plan.tensors)} tensors into {len(self.plan.shards)} shard(s), "
+                f"{self.written / 1e9:.2f} GB computed and {self.uploaded / 1e9:.2f} GB uploaded "
+                f"in {self.elapsed:.1f} s ({rate:.0f} MB/s), {self.kept} shard(s) kept from an "
+                f"earlier run, with {describe_backend(self.backend)}")
+
+
 def make_options(
     sft: str | Path | None = None,
     dpo: str | Path | None = None,
@@ -65,13 +83,15 @@ def make_options(
     copy_unmatched: bool = False,
     sft_name: str | None = None,
     dpo_name: str | None = None,
+    stream: bool = False,
 ) -> MergeOptions:
     """MergeOptions from flag-style values, or from a recipe file (flags then may not set α).
 
     ``sft``/``dpo`` (given here or by the recipe, which reads paths relative to its own
     directory) are local paths or Hub repo ids ``org/name[@rev]``: repo ids are downloaded, and
     PyTorch ``.bin`` checkpoints converted to safetensors once (that alone imports torch).
-    ``sft_name``/``dpo_name`` are the inputs' Hub repo ids for the model card's ``base_model``
+    With ``stream``, repo ids are not downloaded: the merge reads their weights with range
+    requests (sources/hub.py). ``sft_name``/``dpo_name`` are the inputs' Hub repo ids for the model card's ``base_model``
     (a recipe may give them too; an input given as a repo id names itself); local paths are
     never listed there.
 
@@ -90,8 +110,11 @@ def make_options(
     if None in named:
         where = f"{recipe}: the recipe or the command line must name" if recipe else "give"
         raise UsageError(f"{where} both --sft and --dpo")
-    sources = [_local_source(spec, recipe if given is None else None)
-               for spec, given in zip(named, (sft, dpo))]
+    if stream:
+        sources = [_streamed_source(spec) for spec in named]
+    else:
+        sources = [_local_source(spec, recipe if given is None else None)
+                   for spec, given in zip(named, (sft, dpo))]
     names = dict(sft_name=sft_name or sources[0].repo_id, dpo_name=dpo_name or sources[1].repo_id)
     if data is not None:
         opts = load_recipe(Path(recipe), sources[0].path, sources[1].path, data=data)
@@ -102,14 +125,14 @@ def make_options(
             overrides["max_shard_size"] = parse_size(max_shard_size)
         if copy_unmatched:
             overrides["copy_unmatched"] = True
-        return replace(opts, **overrides)
+        return replace(opts, stream=stream, **overrides)
     return MergeOptions(
         sft=sources[0].path, dpo=sources[1].path,
         schedules=build_schedules(alpha=alpha, layer_alphas=layer_alphas,
                                   non_layer_alpha=non_layer_alpha),
         dtype=parse_dtype(dtype),
         max_shard_size=parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE),
-        copy_unmatched=copy_unmatched, **names,
+        copy_unmatched=copy_unmatched, stream=stream, **names,
     )
 
 
@@ -129,9 +152,32 @@ def _local_source(spec: str | Path, recipe: str | Path | None):
     return replace(source, path=ensure_safetensors(source.path))
 
 
+def _streamed_source(spec: str | Path):
+    """A local path as is; a repo id left for :func:`plan_merge` to stream (nothing downloaded)."""
+    from ..hub import REPO_ID, Source
+
+    if Path(spec).exists():
+        return Source(Path(spec), str(spec))
+    m = REPO_ID.match(str(spec))
+    if not m:
+        raise UsageError(f"{spec}: no such file or directory, and not a Hub repo id (org/name[@rev])")
+    return Source(Path(str(spec)), str(spec), m.group("repo"))
+
+
 def plan_merge(options: MergeOptions) -> Plan:
-    """Read both checkpoints' headers and build the plan (no tensor data is read)."""
-    return build_plan(open_checkpoint(options.sft), open_checkpoint(options.dpo), options)
+    """Read both checkpoints' headers and build the plan (no tensor data is read).
+
+    With ``options.stream``, inputs named by repo id are opened on the Hub (range requests).
+    """
+    return build_plan(_open_input(options.sft, options), _open_input(options.dpo, options), options)
+
+
+def _open_input(location: Path, options: MergeOptions):
+    if options.stream and not location.exists():
+        from ..sources.hub import open_checkpoint as open_on_hub
+
+        return open_on_hub(str(location))
+    return open_checkpoint(location)
 
 
 def merge(sft: str | Path | None, dpo: str | Path | None, out: str | Path, *, backend: str = "auto",
@@ -196,9 +242,9 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
     if not inputs_differ(plan):
         raise PlanError(f"SFT {plan.sft} and DPO {plan.dpo} hold identical tensors: "
                         "the difference is zero everywhere, so every α gives DPO back")
-    staging = Staging(out, [options.sft, options.dpo], overwrite)
-    several = len(plan.schedules) > 1
-    subdirs = [sch.label if several else "." for sch in plan.schedules]
+    staging = Staging(out, _local_inputs(options), overwrite)
+    subdirs = _subdirs(plan)
+    several = len(subdirs) > 1
     log.info("merging %d tensors into %d shard(s) x %d schedule(s) with %s",
              len(plan.tensors), len(plan.shards), len(subdirs), describe_backend(backend))
     sink = LocalSink(plan, staging, subdirs)
@@ -211,6 +257,7 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
         tasks = [ShardTask(plan, i, staging.path, tuple(subdirs), backend, threads, chunk_elements)
                  for i in todo]
         (executor or ThreadedExecutor()).run(tasks, sink.shard_done, progress)
+        finish_inputs(plan.sft.files + plan.dpo.files)  # streamed inputs: check each digest
         for i, sub in enumerate(subdirs):
             _write_side_files(staging, sub, plan, i, backend, command)
         staging.commit()
@@ -222,10 +269,89 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
     except BaseException:
         staging.release()  # killed or interrupted: keep finished shards for a resumed run
         raise
+    finally:
+        close_inputs()
     outputs = tuple((out / sub).resolve() if several else out.resolve() for sub in subdirs)
     written = sum(plan.shards[i].data_bytes for i in todo) * len(subdirs)
     return MergeResult(outputs=outputs, plan=plan, backend=backend,
                        elapsed=time.perf_counter() - started, written=written)
+
+
+def push_plan(plan: Plan, repo_id: str, *, private: bool = False, backend: str = "auto",
+              threads: int = DEFAULT_THREADS, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+              progress: Callable[[int], None] | None = None, command: str | None = None,
+              commit_message: str | None = None) -> PushResult:
+    """Compute a plan's shards and publish them on the Hub as ``repo_id``, with no local output.
+
+    Each shard is computed into a staging directory in the Hub cache, checked (its digests,
+    and one tensor recomputed from the inputs), pre-uploaded and deleted while the next one is
+    computed; every streamed input's sha256 is checked; then config, index, tokenizer, recipe
+    and model card go in with the shards in one commit. Local disk: at most two output shards
+    and the small files. A re-run of an interrupted push neither recomputes nor re-uploads the
+    shards the Hub already holds.
+
+    Returns:
+        A :class:`PushResult`.
+
+    Raises:
+        HubError: the Hub refused or failed (one line naming the repo). FormatError: an input's
+        bytes differ from its sha256. The rest as :func:`write_plan`. Nothing is committed then.
+    """
+    from ..sinks.hub import HubSink, work_dir
+    from .verify import check_shard
+
+    backend = resolve_backend(backend)
+    started = time.perf_counter()
+    if not inputs_differ(plan):
+        raise PlanError(f"SFT {plan.sft} and DPO {plan.dpo} hold identical tensors: "
+                        "the difference is zero everywhere, so every α gives DPO back")
+    work = work_dir(plan, repo_id)
+    work.mkdir(parents=True, exist_ok=True)
+    staging = Staging(work / "model", _local_inputs(plan.options))
+    subdirs = _subdirs(plan)
+    try:
+        sink = HubSink(plan, staging, subdirs, repo_id, private=private,
+                       check=lambda index, paths: check_shard(plan, index, paths, backend))
+        kept = sink.completed()
+        todo = [s.index for s in plan.shards if s.index not in kept]
+        log.info("%d shard(s) already on the Hub from an interrupted run, %d to write",
+                 len(kept), len(todo))
+        if progress is not None and kept:
+            progress(sum(plan.shards[i].data_bytes for i in kept) * len(subdirs))
+        tasks = [ShardTask(plan, i, staging.path, tuple(subdirs), backend, threads, chunk_elements)
+                 for i in todo]
+        ThreadedExecutor().run(tasks, sink.shard_done, progress)
+        sink.wait()
+        finish_inputs(plan.sft.files + plan.dpo.files)  # every input's sha256, before the commit
+        for i, sub in enumerate(subdirs):
+            _write_side_files(staging, sub, plan, i, backend, command)
+        url = sink.commit(commit_message or f"Upload {repo_id.split('/')[-1]} (expo-stream)")
+    except OutputError:
+        staging.release()
+        raise
+    except OSError as exc:
+        staging.release()
+        raise OutputError(f"{exc.filename or staging.path}: {os_problem(exc)}") from None
+    except BaseException:
+        staging.release()  # the upload record stays for a resumed run
+        raise
+    finally:
+        close_inputs()
+    sink.finished()
+    written = sum(plan.shards[i].data_bytes for i in todo) * len(subdirs)
+    return PushResult(url=url, plan=plan, backend=backend, elapsed=time.perf_counter() - started,
+                      written=written, uploaded=sink.uploaded_bytes, kept=len(kept))
+
+
+def _local_inputs(options: MergeOptions) -> list[Path]:
+    """The inputs on local disk (an output inside one is refused); streamed ones are not."""
+    return [p for p in (options.sft, options.dpo) if p.exists()]
+
+
+def _subdirs(plan: Plan) -> list[str]:
+    """One output subdirectory per schedule, or ``.`` for a single one."""
+    several = len(plan.schedules) > 1
+    return [sch.label if several else "." for sch in plan.schedules]
 
 
 def inputs_differ(plan: Plan, chunk_bytes: int = 2**20) -> bool:
@@ -284,6 +410,21 @@ def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backen
     staging.write_text(f"{sub}/README.md", model_card_text(plan, which, command))
 
 
+def _recipe_input(checkpoint, location: Path) -> str:
+    """How a recipe names an input: ``org/name@commit`` when it came from the Hub (streamed, or
+    downloaded into the Hub cache), else its absolute path."""
+    from ..format.files import HUB_SCHEME
+
+    first = checkpoint.files[0] if checkpoint.files else None
+    if first is not None and first.source == "hub":
+        org, name, _ = first.id[len(HUB_SCHEME):].split("/", 2)
+        return f"{org}/{name}@{first.version}"
+    cached = Path(location).resolve()
+    if cached.parent.name == "snapshots" and cached.parent.parent.name.startswith("models--"):
+        return f"{cached.parent.parent.name[len('models--'):].replace('--', '/')}@{cached.name}"
+    return str(cached)
+
+
 def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:
     """What made an output: inputs, the schedule, and the α of every tensor."""
     schedule = plan.schedules[which]
@@ -291,8 +432,8 @@ def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:
         "tool": "expo-stream",
         "version": __version__,
         "formula": "dpo + alpha * (dpo - sft), correctly rounded (docs/arithmetic.md)",
-        "sft": str(Path(plan.options.sft).resolve()),
-        "dpo": str(Path(plan.options.dpo).resolve()),
+        "sft": _recipe_input(plan.sft, plan.options.sft),
+        "dpo": _recipe_input(plan.dpo, plan.options.dpo),
         "schedule": {
             "alpha": schedule.alpha,
             "layer_alphas": list(schedule.layer_alphas) if schedule.layer_alphas else None,

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, UsageError
+from ..hub import HubError
+from ..sources import open_once
 from ..format.checkpoint import open_checkpoint
 from ..format.dtypes import NUMPY_DTYPES
 from ..format.manifest import MANIFEST_NAME, check_file, differing_ranges, read_manifest
@@ -83,9 +85,9 @@ def _verify_one(directory: Path, sample: int, seed: int, backend: str) -> Verify
         report.problems.append(str(exc))
         return report
     try:
-        sft = open_checkpoint(recipe["sft"])
-        dpo = open_checkpoint(recipe["dpo"])
-    except (FormatError, UsageError) as exc:
+        sft = _open_input(recipe["sft"])
+        dpo = _open_input(recipe["dpo"])
+    except (FormatError, UsageError, HubError) as exc:
         report.problems.append(f"cannot recompute from the recipe's inputs: {exc}")
         return report
     kernel = load_backend(resolve_backend(backend))
@@ -121,6 +123,26 @@ def _tensors_hit(checkpoint, path: Path, record: dict, shown: int = 3) -> str:
     return f"; tensor(s) {', '.join(repr(n) for n in hit[:shown])}{more}"
 
 
+def _open_input(location: str):
+    """A recipe's input: a local checkpoint, or a repo id at a commit, read on the Hub (range
+    requests: nothing is downloaded) or, offline, from the local cache."""
+    from ..hub import MERGE_FILES, REPO_ID, endpoint
+
+    m = REPO_ID.match(location)
+    if Path(location).exists() or not m:
+        return open_checkpoint(location)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return open_checkpoint(snapshot_download(
+            m.group("repo"), revision=m.group("revision"), allow_patterns=MERGE_FILES,
+            local_files_only=True, endpoint=endpoint()))
+    except (OSError, ValueError, FormatError):  # not (all) in the cache: read it on the Hub
+        from ..sources.hub import open_checkpoint as open_on_hub
+
+        return open_on_hub(location)
+
+
 def read_recipe(path: Path) -> dict:
     """The resolved recipe a merge wrote, checked for what verify reads; FormatError if not."""
     try:
@@ -137,6 +159,54 @@ def read_recipe(path: Path) -> dict:
     return recipe
 
 
+def check_shard(plan, index: int, paths: list[Path], backend: str, limit: int = 64 * 2**20) -> None:
+    """Recompute one merged tensor of shard ``index`` from the inputs, through their sources,
+    and compare it with each written file (one per schedule) before the shard is published.
+
+    The tensor is drawn at random (seeded by the shard) among those of at most ``limit`` bytes
+    (the smallest when none is), so a push re-reads little of the inputs.
+
+    Raises:
+        OutputError: the written bytes differ from the recomputation.
+    """
+    from ..errors import OutputError
+    from ..sources import open_once
+
+    shard = plan.shards[index]
+    merged = [t for t in shard.tensors if t.sft is not None]
+    if not merged:
+        return
+    small = [t for t in merged if t.nbytes <= limit] or [min(merged, key=lambda t: t.nbytes)]
+    job = random.Random(index).choice(small)
+    kernel = load_backend(resolve_backend(backend))
+    inputs = [open_once(job.dpo.file), open_once(job.sft.file)]
+    out_dtype = NUMPY_DTYPES[job.dtype]
+    try:
+        for lo in range(0, job.numel, DEFAULT_CHUNK_ELEMENTS):
+            hi = min(lo + DEFAULT_CHUNK_ELEMENTS, job.numel)
+            d, s = (_read(f, info, lo, hi) for f, info in zip(inputs, (job.dpo, job.sft)))
+            for alpha, path in zip(job.alphas, paths):
+                want = np.empty(hi - lo, out_dtype)
+                apply(kernel, d, s, alpha, want)
+                got = np.fromfile(path, np.uint8, (hi - lo) * out_dtype.itemsize,
+                                  offset=len(shard.header) + job.offset + lo * out_dtype.itemsize)
+                if not np.array_equal(got, want.view(np.uint8)):
+                    raise OutputError(f"{path}: tensor {job.name!r} differs from its recomputation "
+                                      "from the inputs; not publishing it")
+    finally:
+        for f in inputs:
+            f.close()
+
+
+def _read(reader, info: TensorInfo, lo: int, hi: int) -> np.ndarray:
+    dtype = NUMPY_DTYPES[info.dtype]
+    out = np.empty(hi - lo, dtype)
+    view = memoryview(out.view(np.uint8))
+    if reader.read_at(info.start + lo * dtype.itemsize, view) != view.nbytes:
+        raise FormatError(f"{info.file}: ends before tensor {info.name!r} does")
+    return out
+
+
 def _sample(tensors: dict[str, TensorInfo], count: int, seed: int) -> list[str]:
     names = list(tensors)
     if count >= len(names):
@@ -149,6 +219,8 @@ def _sample(tensors: dict[str, TensorInfo], count: int, seed: int) -> list[str]:
 def _recompute(name, entry, out: TensorInfo, d: TensorInfo | None, s: TensorInfo | None,
                kernel, maps) -> str | None:
     def view(info: TensorInfo, lo: int, hi: int) -> np.ndarray:
+        if info.file.source != "local":  # an input on the Hub: a range request
+            return _read(open_once(info.file), info, lo, hi)
         m = maps.get(info.file) or maps.setdefault(info.file, MappedFile(info.file.path))
         size = NUMPY_DTYPES[info.dtype].itemsize
         return m.view(info.start + lo * size, info.start + hi * size, NUMPY_DTYPES[info.dtype])

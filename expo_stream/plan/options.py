@@ -36,7 +36,7 @@ DEFAULT_MAX_SHARD_SIZE = 5_000_000_000  # "5GB", as transformers writes
 
 @dataclass(frozen=True)
 class MergeOptions:
-    sft: Path
+    sft: Path  # a local checkpoint; with ``stream``, a Hub repo id ``org/name[@rev]`` too
     dpo: Path
     schedules: tuple[Schedule, ...]
     dtype: str | None = None  # safetensors name, None = DPO's dtype per tensor
@@ -45,6 +45,7 @@ class MergeOptions:
     # The inputs' Hub repo ids, for the model card's base_model (local paths are never listed).
     sft_name: str | None = None
     dpo_name: str | None = None
+    stream: bool = False  # read repo ids' weights from the Hub by range requests
 
 
 def parse_alpha(text: str | float, what: str = "alpha") -> float:

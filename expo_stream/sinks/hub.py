@@ -1,0 +1,197 @@
+"""A merge published straight to a Hub repo: each shard uploaded as it is done, one commit at the end.
+
+The shards are computed into a small local staging directory in the user's cache; as each one
+is complete it is checked (its recorded digests, and one of its tensors recomputed from the
+inputs), pre-uploaded (huggingface_hub's ``preupload_lfs_files``) and deleted, while the next
+shard is computed: at most two output shards are on disk at once. Config, index, tokenizer,
+recipe and model card follow, and one commit publishes them all, so nobody sees a half-pushed
+model. A record of the shards already uploaded stays in the cache beside the staging directory:
+a re-run of an interrupted push asks the Hub which of those objects it holds, and neither
+recomputes nor re-uploads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from ..errors import OutputError
+from ..format.manifest import check_file
+from ..format.writer import Staging
+from ..hub import HubError, endpoint, hub_errors
+from ..plan.planner import Plan
+from .local import LocalSink, plan_fingerprint
+
+log = logging.getLogger(__name__)
+
+UPLOADED_NAME = "uploaded.json"  # the shards a push has already pre-uploaded
+
+
+def work_dir(plan: Plan, repo_id: str) -> Path:
+    """Where a push of ``plan`` to ``repo_id`` keeps its staging directory and upload record."""
+    from huggingface_hub import constants
+
+    key = hashlib.sha256(f"{repo_id}\n{plan_fingerprint(plan)}".encode()).hexdigest()[:16]
+    return Path(constants.HF_HOME) / "expo-stream" / "pushes" / f"{repo_id.replace('/', '--')}-{key}"
+
+
+class HubSink:
+    """Pre-uploads each finished shard of ``plan`` to ``repo_id`` and commits once at the end.
+
+    Args:
+        plan: the plan being written.
+        staging: the open (locked) local staging directory the shards are computed into.
+        subdirs: one subdirectory per schedule (``"."`` for one): the same paths in the repo.
+        repo_id: the repo to publish to (created if needed, ``private`` then).
+        check: ``check(index, paths)`` raises when a computed shard is wrong (verify's checks).
+    """
+
+    def __init__(self, plan: Plan, staging: Staging, subdirs: list[str], repo_id: str, *,
+                 private: bool = False, check=None):
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; pushing needs the Hub (unset it)")
+        self.plan, self.staging, self.subdirs = plan, staging, list(subdirs)
+        self.repo_id, self.check = repo_id, check
+        self.local = LocalSink(plan, staging, subdirs)
+        self.api = HfApi(endpoint=endpoint())
+        self.record_path = staging.path.parent / UPLOADED_NAME
+        self.uploaded: dict[str, dict] = {}  # path in repo -> {"sha256", "size"}
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.uploaded_bytes = 0
+        with hub_errors(repo_id):
+            self.api.create_repo(repo_id, private=private, exist_ok=True)
+            self.head = self.api.repo_info(repo_id).sha  # the commit builds on this one
+
+    def _in_repo(self, sub: str, name: str) -> str:
+        return name if sub == "." else f"{sub}/{name}"
+
+    def completed(self) -> set[int]:
+        """Shards an interrupted push of the same plan uploaded and the Hub still holds."""
+        self.local.completed()  # creates the subdirectories; a foreign staging dir is reset
+        try:
+            record = json.loads(self.record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        if record.get("fingerprint") != self.local.fingerprint:
+            return set()
+        listed = {k: v for k, v in record.get("shards", {}).items()
+                  if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
+        present = self._objects_present(listed)
+        kept = set()
+        for shard in self.plan.shards:
+            paths = [self._in_repo(sub, shard.filename) for sub in self.subdirs]
+            if all(p in listed and listed[p]["sha256"] in present for p in paths):
+                kept.add(shard.index)
+                for p in paths:
+                    self.uploaded[p] = listed[p]
+        return kept
+
+    def _objects_present(self, listed: dict[str, dict]) -> set[str]:
+        """The sha256s among ``listed`` that the Hub's LFS store already holds."""
+        if not listed:
+            return set()
+        from huggingface_hub.lfs import UploadInfo, post_lfs_batch_info
+
+        infos = [UploadInfo(sha256=bytes.fromhex(v["sha256"]), size=int(v["size"]), sample=b"")
+                 for v in listed.values()]
+        with hub_errors(self.repo_id):
+            actions, _, _ = post_lfs_batch_info(infos, token=None, repo_type="model",
+                                                repo_id=self.repo_id, endpoint=endpoint())
+        return {a["oid"] for a in actions if not a.get("actions")}
+
+    def shard_done(self, index: int, records: tuple[dict, ...]) -> None:
+        """Hand a computed shard to the uploader (after the previous one is uploaded)."""
+        self.wait()
+        self.local.shard_done(index, records)
+        self._thread = threading.Thread(target=self._upload, args=(index, records),
+                                        name="expo-upload", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the shard being uploaded is uploaded; raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def _upload(self, index: int, records: tuple[dict, ...]) -> None:
+        from huggingface_hub import CommitOperationAdd
+
+        try:
+            shard = self.plan.shards[index]
+            paths = [self.staging.path / sub / shard.filename for sub in self.subdirs]
+            for path, record in zip(paths, records):
+                problem = check_file(path, record)
+                if problem:
+                    raise OutputError(f"{path}: {problem}; not uploading it")
+            if self.check is not None:
+                self.check(index, paths)
+            ops = [CommitOperationAdd(self._in_repo(sub, shard.filename), str(path))
+                   for sub, path in zip(self.subdirs, paths)]
+            with hub_errors(self.repo_id):
+                self.api.preupload_lfs_files(self.repo_id, additions=ops)
+            for op, path in zip(ops, paths):
+                self.uploaded[op.path_in_repo] = {"sha256": op.upload_info.sha256.hex(),
+                                                  "size": op.upload_info.size}
+                self.uploaded_bytes += op.upload_info.size
+                path.unlink()
+            self._save_record()
+        except BaseException as exc:  # noqa: BLE001 - raised in the driver by wait()
+            self._error = exc
+
+    def _save_record(self) -> None:
+        tmp = self.record_path.with_name(f"{UPLOADED_NAME}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.local.fingerprint, "repo": self.repo_id,
+                                   "shards": self.uploaded}, indent=1), encoding="utf-8")
+        os.replace(tmp, self.record_path)
+
+    def commit(self, message: str) -> str:
+        """One commit of every uploaded shard and the small files in the staging directory.
+
+        Returns:
+            The commit URL.
+        """
+        from huggingface_hub import CommitOperationAdd
+
+        self.wait()
+        ops = [_uploaded(path, **v) for path, v in self.uploaded.items()]
+        shard_names = {s.filename for s in self.plan.shards}
+        for sub in self.subdirs:
+            folder = self.staging.path / sub
+            for f in sorted(folder.iterdir()):
+                if f.is_file() and f.name not in shard_names and not f.name.startswith("."):
+                    ops.append(CommitOperationAdd(self._in_repo(sub, f.name), str(f)))
+        with hub_errors(self.repo_id):
+            info = self.api.create_commit(self.repo_id, operations=ops, commit_message=message,
+                                          parent_commit=self.head)
+        return info.commit_url
+
+    def finished(self) -> None:
+        """The commit is made: drop the staging directory and the upload record."""
+        self.staging.abort()
+        shutil.rmtree(self.staging.path.parent, ignore_errors=True)
+
+
+def _uploaded(path_in_repo: str, sha256: str, size: int):
+    """A commit operation for an object pre-uploaded by an earlier run (its bytes are not here).
+
+    huggingface_hub has no public constructor for this; after ``preupload_lfs_files`` an
+    operation holds just these fields (its content freed), which is what ``create_commit`` reads.
+    """
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.lfs import UploadInfo
+
+    op = CommitOperationAdd(path_in_repo, b"")
+    op.upload_info = UploadInfo(sha256=bytes.fromhex(sha256), size=int(size), sample=b"")
+    op._upload_mode = "lfs"
+    op._is_uploaded = True
+    return op
