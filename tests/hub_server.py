@@ -300,8 +300,8 @@ def make_handler(state: HubState):
                 self.close_connection = True
             self.end_headers()
             if not head:
+                self.rec.sent += len(data)  # counted first: the client may look before we return
                 self.wfile.write(data)
-                self.rec.sent += len(data)
 
         def error(self, code: int, message: str, head: bool = False, error_code: str | None = None):
             headers = {"X-Error-Message": message}
@@ -325,6 +325,13 @@ def make_handler(state: HubState):
             path = unquote(self.path.split("?")[0])
             self.rec = Request(method=method, path=path, range=self.headers.get("Range"),
                                start=time.monotonic())
+            # Classified before any fault fires, so an injected failure is logged as what it hit.
+            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path.split("?")[0])
+            if m and method in ("GET", "HEAD"):
+                self.rec.kind, self.rec.repo_id, self.rec.name = "file", unquote(m.group(1)), unquote(m.group(3))
+            m = re.fullmatch(r"/lfs/(\w+)(?:/part/\d+)?", path)
+            if m and method == "PUT":
+                self.rec.kind, self.rec.name = "upload", m.group(1)
             with state.lock:
                 state.records.append(self.rec)
                 down = state.down
@@ -716,9 +723,15 @@ def make_handler(state: HubState):
                         piece[o - at] ^= 0x01
                 if state.download is not None:
                     state.download.take(n)
-                self.wfile.write(piece)
+                # Counted before the write: a test may read the record as soon as the last byte
+                # arrives; a write that fails takes its piece back.
+                self.rec.sent = sent + n
+                try:
+                    self.wfile.write(piece)
+                except OSError:
+                    self.rec.sent = sent
+                    raise
                 sent += n
-                self.rec.sent = sent
 
     return Handler
 
