@@ -163,6 +163,19 @@ def test_dropped_download_resumes_from_its_offset(tmp_path):
         assert hub.traffic()["down"] == 10_600_000 + len(big) - resumed
 
 
+def test_streamed_file_reopens_at_its_offset_after_a_drop(seeded, data):
+    """HfFileSystem's streaming file (block_size=0) retries a broken body once, with
+    Range: bytes=<offset of the last completed read>-."""
+    hub, _ = seeded
+    hub.drop_after("model.safetensors", 300_000)
+    fs = HfFileSystem(endpoint=hub.endpoint, token=TOKEN, skip_instance_cache=True)
+    with fs.open("org/m/model.safetensors", "rb", block_size=0) as f:
+        got = b"".join(iter(lambda: f.read(100_000), b""))
+    assert got == data
+    assert [(r.range, r.sent, r.dropped) for r in hub.requests("model.safetensors", method="GET")] == [
+        (None, 300_000, True), ("bytes=300000-", SIZE - 300_000, False)]
+
+
 def test_drop_with_reset_and_times(seeded, data):
     hub, _ = seeded
     hub.drop_after("safetensors", 1000, times=2, reset=True)
