@@ -442,6 +442,8 @@ def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:
             "rules": [{"match": r.pattern, "alpha": r.alpha} for r in schedule.rules],
         },
         "dtype": plan.options.dtype,
+        "max_shard_size": plan.options.max_shard_size,
+        "copy_unmatched": plan.options.copy_unmatched,
         "backend": backend,
         "tensors": {
             t.name: ({"alpha": t.alphas[which], "why": t.why[which]} if t.sft is not None

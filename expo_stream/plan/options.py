@@ -155,6 +155,8 @@ def read_recipe(path: Path) -> dict:
         raise UsageError(f"{path}: recipe is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: recipe must be a mapping of keys to values")
+    if data.get("tool") == "expo-stream" and isinstance(data.get("schedule"), dict):
+        data = _from_resolved(data)
     unknown = set(data) - _RECIPE_KEYS
     if unknown:
         raise UsageError(f"{path}: unknown recipe keys {sorted(unknown)}; known: {sorted(_RECIPE_KEYS)}")
@@ -166,6 +168,18 @@ def read_recipe(path: Path) -> dict:
             beside = path.parent / data[key]
             if beside.exists():
                 data[key] = str(beside)
+    return data
+
+
+def _from_resolved(resolved: dict) -> dict:
+    """The recipe an output's ``expo_recipe.json`` (what a merge resolved) describes: inputs,
+    schedule, dtype and shard size, so that ``--recipe expo_recipe.json`` merges it again."""
+    schedule = resolved["schedule"]
+    data = {k: resolved[k] for k in ("sft", "dpo", "dtype", "max_shard_size", "copy_unmatched")
+            if resolved.get(k) is not None}
+    data.update({k: v for k, v in schedule.items() if k != "rules" and v is not None})
+    if schedule.get("rules"):
+        data["rules"] = schedule["rules"]
     return data
 
 

@@ -25,6 +25,7 @@ from ..format.manifest import check_file
 from ..format.writer import Staging
 from ..hub import HubError, endpoint, hub_errors
 from ..plan.planner import Plan
+from ..sources.hub import quiet_progress
 from .local import LocalSink, plan_fingerprint
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class HubSink:
 
         if constants.HF_HUB_OFFLINE:
             raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; pushing needs the Hub (unset it)")
+        quiet_progress()  # the merge's own bar shows the work
         self.plan, self.staging, self.subdirs = plan, staging, list(subdirs)
         self.repo_id, self.check = repo_id, check
         self.local = LocalSink(plan, staging, subdirs)

@@ -68,6 +68,7 @@ def open_checkpoint(spec: str) -> Checkpoint:
         raise UsageError(f"{spec}: --stream reads from the Hub but HF_HUB_OFFLINE=1 is set "
                          "(unset it, or merge from the local cache without --stream)")
     repo = m.group("repo")
+    quiet_progress()
     with hub_errors(str(spec)):
         info = HfApi(endpoint=endpoint()).model_info(repo, revision=m.group("revision"),
                                                      files_metadata=True)
@@ -97,6 +98,13 @@ def open_checkpoint(spec: str) -> Checkpoint:
                                lfs.sha256 if lfs is not None else None))
     headers = [parse_header(f, _read_prefix(f), f.size) for f in files]
     return assemble_checkpoint(root, name, headers, weight_map, INDEX_NAME)
+
+
+def quiet_progress() -> None:
+    """huggingface_hub's own progress bars off: a streamed merge shows one bar of its own."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
 
 
 def _read_prefix(file: InputFile) -> bytes:

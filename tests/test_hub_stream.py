@@ -1,0 +1,201 @@
+"""Hub to Hub in bounded disk: ``merge --stream --push-to`` without ``--out``.
+
+The inputs are served by the local Hub stand-in (tests/hub_server.py) with HTTP ranges and
+injected faults; each CLI run is a subprocess with its own HF_HOME. What is pushed must equal a
+local merge of the same pair, byte for byte; nothing of the inputs may land on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("huggingface_hub")
+
+from expo_stream.format.writer import WRITTEN_LIST  # noqa: E402
+
+from .helpers import tiny_pair  # noqa: E402
+from .hub_server import LocalHub  # noqa: E402
+from .test_hub import cli, env_for  # noqa: E402
+
+WEIGHTS = (".safetensors", ".index.json")
+
+
+@pytest.fixture
+def hub(tmp_path):
+    with LocalHub(tmp_path / "hub-data") as server:
+        yield server
+
+
+def seeded(hub, tmp_path, **pair):
+    """A tiny pair (SFT and DPO sharded differently) on the stand-in as me/sft and me/dpo."""
+    sft, dpo, _, _ = tiny_pair(tmp_path, **{"sft_shard": 5000, "dpo_shard": 3000, **pair})
+    shas = hub.add_repo("me/sft", sft), hub.add_repo("me/dpo", dpo)
+    return sft, dpo, shas
+
+
+def local_merge(sft, dpo, out, *args):
+    cli(dict(os.environ), "merge", "--sft", sft, "--dpo", dpo, "--out", out, "--quiet", *args)
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name.endswith(WEIGHTS)}
+
+
+def pushed(hub, repo):
+    return {k: v["sha256"] for k, v in hub.manifest(repo).items() if k.endswith(WEIGHTS)}
+
+
+def hub_file(hub, repo, path) -> bytes:
+    """A file's bytes at the head of ``repo`` on the stand-in (small files inline, LFS by oid)."""
+    content = hub.state.repos[repo].commits[-1][1][path]
+    return (hub.state.blobs / content[0]).read_bytes() if isinstance(content, tuple) else content
+
+
+def stream(env, *args, check=True):
+    return cli(env, "merge", "--sft", "me/sft", "--dpo", "me/dpo", "--stream", "--push-to",
+               "me/out", "--max-shard-size", "2KB", "--quiet", *args, check=check)
+
+
+@pytest.mark.parametrize("schedule", [["--alpha", "0.3"], ["--layer-alphas", "5,10"],
+                                      ["--alpha", "0.3,2.5"]])
+def test_pushed_files_equal_a_local_merge_and_no_input_is_stored(hub, tmp_path, schedule):
+    sft, dpo, (sft_sha, _) = seeded(hub, tmp_path)
+    env = env_for(hub, tmp_path)
+    r = stream(env, *schedule)
+    assert "/me/out/commit/" in r.stdout
+    want = local_merge(sft, dpo, tmp_path / "local", "--max-shard-size", "2KB", *schedule)
+    assert len(want) >= 4 and pushed(hub, "me/out") == want
+    # One commit published everything; nothing of the inputs and no staging is left on disk.
+    assert len(hub.state.repos["me/out"].commits) == 2
+    home = Path(env["HF_HOME"])
+    assert not [p for p in home.rglob("*") if p.suffix == ".safetensors"]
+    assert not list((home / "expo-stream" / "pushes").iterdir())
+    # Each input file streamed front to back once (plus small reads: a sample, the zero check).
+    for name in ("model.safetensors", "model-00001-of-00002.safetensors"):
+        whole = [q for q in hub.requests(name=name) if q.range and q.range.startswith("bytes=0-")
+                 and q.sent > 1000]
+        assert len(whole) == 1, [(q.range, q.sent) for q in hub.requests(name=name)]
+    sub = "alpha-0.3/" if schedule == ["--alpha", "0.3,2.5"] else ""
+    files = hub.manifest("me/out")
+    assert WRITTEN_LIST not in {k.rsplit("/", 1)[-1] for k in files}
+    recipe = json.loads(hub_file(hub, "me/out", f"{sub}expo_recipe.json"))
+    assert recipe["sft"] == f"me/sft@{sft_sha}"
+    assert str(tmp_path) not in json.dumps(recipe) and recipe["command"].startswith("expo-stream")
+
+
+def test_recipe_of_a_streamed_merge_reproduces_it(hub, tmp_path):
+    seeded(hub, tmp_path)
+    env = env_for(hub, tmp_path)
+    stream(env, "--alpha", "0.3")
+    recipe = tmp_path / "expo_recipe.json"
+    recipe.write_bytes(hub_file(hub, "me/out", "expo_recipe.json"))
+    out = tmp_path / "again"
+    cli(env, "merge", "--recipe", recipe, "--out", out, "--max-shard-size", "2KB", "--quiet")
+    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()
+           if p.name.endswith(WEIGHTS)}
+    assert got == pushed(hub, "me/out")
+
+
+def test_a_dropped_connection_resumes_from_its_offset(hub, tmp_path):
+    sft, dpo, _ = seeded(hub, tmp_path)
+    # Every answer longer than 3000 bytes is cut there: only the file's stream (5328 bytes) is.
+    hub.drop_after("model-00001-of-00002.safetensors", 3000, times=None)
+    stream(env_for(hub, tmp_path), "--alpha", "0.3")
+    reads = hub.requests(name="model-00001-of-00002.safetensors", method="GET")
+    cut = [q for q in reads if q.dropped]
+    assert len(cut) == 1 and cut[0].sent == 3000 and cut[0].range == "bytes=0-5327"
+    after = reads[reads.index(cut[0]) + 1]
+    assert after.range == "bytes=3000-5327" and not after.dropped  # from the offset, not byte 0
+    assert pushed(hub, "me/out") == local_merge(sft, dpo, tmp_path / "local",
+                                                "--max-shard-size", "2KB", "--alpha", "0.3")
+
+
+@pytest.mark.parametrize("repo,name", [("me/sft", "model.safetensors"),
+                                       ("me/dpo", "model-00002-of-00002.safetensors")])
+def test_a_corrupted_byte_is_caught_and_nothing_is_published(hub, tmp_path, repo, name):
+    seeded(hub, tmp_path)
+    hub.corrupt(repo, name, hub.manifest(repo)[name]["size"] - 100)  # in a tensor, not the header
+    r = stream(env_for(hub, tmp_path), "--alpha", "0.3", check=False)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and repo in lines[0] and name in lines[0] and "sha256" in lines[0]
+    assert len(hub.state.repos["me/out"].commits) == 1  # the repo exists, holding nothing
+
+
+def test_a_hub_that_stays_down_gives_one_line(hub, tmp_path):
+    seeded(hub, tmp_path)
+    hub.down(True)
+    r = stream(env_for(hub, tmp_path), "--alpha", "0.3", check=False)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "me/sft" in lines[0], r.stderr
+
+
+def test_reads_that_keep_failing_end_in_one_line_naming_repo_file_and_offset(hub, tmp_path,
+                                                                              monkeypatch):
+    from expo_stream.errors import ExpoStreamError
+    from expo_stream.sources import hub as source
+
+    seeded(hub, tmp_path)
+    for key, value in env_for(hub, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(source, "RETRIES", 2)
+    checkpoint = source.open_checkpoint("me/dpo")
+    file = checkpoint.files[1]
+    hub.fail(file.name, status=503, times=None)
+    with pytest.raises(ExpoStreamError) as caught:
+        source.fetch_range(file, 64, memoryview(bytearray(file.size - 64)))
+    message = str(caught.value)
+    assert "\n" not in message and "me/dpo" in message and file.name in message
+    assert "from byte 64" in message and "HTTP 503" in message
+    tries = [q for q in hub.requests(name=file.name) if q.range.startswith("bytes=64-")]
+    assert len(tries) == 1 + 2  # the first try and RETRIES more
+
+
+def test_offline_refuses_stream_in_one_line(hub, tmp_path):
+    seeded(hub, tmp_path)
+    r = stream(env_for(hub, tmp_path, offline=True), "--alpha", "0.3", check=False)
+    assert r.returncode != 0 and "HF_HUB_OFFLINE" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_killed_push_resumes_without_recomputing_or_reuploading(tmp_path):
+    # Uploads at 20 kB/s: the push takes seconds, and a kill lands between two shards.
+    with LocalHub(tmp_path / "slow-hub", upload_bandwidth=20_000) as hub:
+        _killed_push_resumes(hub, tmp_path)
+
+
+def _killed_push_resumes(hub, tmp_path):
+    sft, dpo, _ = seeded(hub, tmp_path, sft_shard=None)
+    env = env_for(hub, tmp_path)
+    args = [sys.executable, "-m", "expo_stream.cli", "merge", "--sft", "me/sft", "--dpo", "me/dpo",
+            "--stream", "--push-to", "me/out", "--max-shard-size", "500B", "--alpha", "0.3",
+            "--quiet"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    record = next(Path(env["HF_HOME"]).glob("expo-stream/pushes/*"), None)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        record = next(Path(env["HF_HOME"]).glob("expo-stream/pushes/*/uploaded.json"), None)
+        if record is not None and len(json.loads(record.read_text())["shards"]) >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = {q.name for q in hub.requests(kind="upload") if q.status == 200}
+    done = len(json.loads(record.read_text())["shards"])
+    assert 2 <= done and len(hub.state.repos["me/out"].commits) == 1
+    hub.state.upload = None  # full speed for the rest
+    before = len(hub.requests(kind="upload"))
+    r = cli(env, *args[3:])
+    assert f"{done} shard(s) kept from an earlier run" in r.stdout
+    again = {q.name for q in hub.requests(kind="upload")[before:]}
+    assert first and not (first & again)  # no object uploaded twice
+    assert pushed(hub, "me/out") == local_merge(sft, dpo, tmp_path / "local", "--alpha", "0.3",
+                                                "--max-shard-size", "500B")
