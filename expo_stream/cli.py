@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -39,6 +40,8 @@ def _errors(fn):
     def wrapper(*args, debug: bool = False, verbose: bool = False, quiet: bool = False, **kwargs):
         if verbose or quiet:
             logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR)
+        if quiet:
+            _quiet_hub()
         if takes_quiet:
             kwargs["quiet"] = quiet
         try:
@@ -86,7 +89,18 @@ def main(verbose: bool, quiet: bool) -> None:
     """ExPO model extrapolation: theta = dpo + alpha * (dpo - sft), streamed shard by shard."""
     level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if quiet:
+        _quiet_hub()
     signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _quiet_hub() -> None:
+    """No huggingface_hub progress bars (downloads, uploads) under --quiet."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 HUB_HELP = """

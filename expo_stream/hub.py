@@ -8,12 +8,14 @@ explicitly, so it works whenever it is set) and ``HF_HUB_OFFLINE=1`` (use the ca
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ExpoStreamError, UsageError
+from .errors import ExpoStreamError, OutputError, UsageError, os_problem
 from .format.checkpoint import INDEX_NAME, SIDE_FILES
 
 REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
@@ -93,7 +95,9 @@ def hub_errors(repo: str):
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():  # e.g. "not enough free disk space": the error says it
+            warnings.simplefilter("ignore")
+            yield
     except hf.GatedRepoError:  # a RepositoryNotFoundError too: first
         raise HubError(f"{repo}: gated repo; accept its terms on the Hub and set HF_TOKEN") from None
     except (hf.RepositoryNotFoundError, hf.RevisionNotFoundError) as exc:
@@ -115,12 +119,28 @@ def hub_errors(repo: str):
                       if status and status >= 500 else "")
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise HubError(f"{repo}: {first}{'; ' + hint if hint else ''}") from None
-    except (OSError, *_network_errors()) as exc:  # connection refused, DNS, timeouts
-        raise HubError(f"{repo}: cannot reach the Hub at {endpoint() or constants.ENDPOINT} "
-                       f"({type(exc).__name__}: {exc}); check the network, or set "
-                       "HF_HUB_OFFLINE=1 to use the local cache") from None
+    except OSError as exc:
+        if exc.errno not in _LOCAL_ERRNOS:
+            raise HubError(_unreachable(repo, exc)) from None
+        # The local side failed (the cache's disk is full, read-only...), not the Hub.
+        where = exc.filename or constants.HF_HUB_CACHE
+        raise OutputError(f"{where}: {os_problem(exc)} (downloading {repo}; --stream merges "
+                          "without storing the inputs)") from None
+    except _network_errors() as exc:  # connection refused, DNS, timeouts
+        raise HubError(_unreachable(repo, exc)) from None
     finally:
         hf_logging.set_verbosity(level)
+
+
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _unreachable(repo: str, exc: BaseException) -> str:
+    from huggingface_hub import constants
+
+    return (f"{repo}: cannot reach the Hub at {endpoint() or constants.ENDPOINT} "
+            f"({type(exc).__name__}: {exc}); check the network, or set "
+            "HF_HUB_OFFLINE=1 to use the local cache")
 
 
 def _not_found(repo: str, what: str) -> str:

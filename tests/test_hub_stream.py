@@ -199,3 +199,46 @@ def _killed_push_resumes(hub, tmp_path):
     assert first and not (first & again)  # no object uploaded twice
     assert pushed(hub, "me/out") == local_merge(sft, dpo, tmp_path / "local", "--alpha", "0.3",
                                                 "--max-shard-size", "500B")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 4 MiB tmpfs (needs root to mount; skipped where that is refused)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+                                            str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_hub_to_hub_fits_in_a_tmpfs_smaller_than_either_input(hub, tmp_path, small_tmpfs):
+    config = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048,
+              "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    sft, dpo, _ = seeded(hub, tmp_path, config=config, sft_shard=None, dpo_shard=3_000_000)
+    sizes = [sum(p.stat().st_size for p in d.glob("*.safetensors")) for d in (sft, dpo)]
+    assert min(sizes) > 1.5 * 4 * 2**20  # each input is well beyond the 4 MiB the run may use
+    env = dict(env_for(hub, tmp_path), HF_HOME=str(small_tmpfs / "hf"),
+               TMPDIR=str(small_tmpfs / "tmp"))
+    (small_tmpfs / "tmp").mkdir()
+    common = ["--sft", "me/sft", "--dpo", "me/dpo", "--alpha", "0.3", "--max-shard-size", "1MB",
+              "--quiet"]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "expo_stream.cli", "merge", *common, *args],
+                              env=env, cwd=small_tmpfs, capture_output=True, text=True)
+
+    r = run("--stream", "--push-to", "me/out")
+    assert r.returncode == 0, r.stderr
+    assert pushed(hub, "me/out") == local_merge(sft, dpo, tmp_path / "local", "--alpha", "0.3",
+                                                "--max-shard-size", "1MB")
+    # Downloading first needs room for both inputs: it fails at once, in one line.
+    r = run("--out", "merged", "--push-to", "me/out-first")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "disk full" in lines[0], r.stderr
+    assert not (small_tmpfs / "merged").exists()
