@@ -242,3 +242,30 @@ def test_hub_to_hub_fits_in_a_tmpfs_smaller_than_either_input(hub, tmp_path, sma
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "disk full" in lines[0], r.stderr
     assert not (small_tmpfs / "merged").exists()
+
+
+def test_peak_anonymous_memory_of_a_hub_to_hub_merge_stays_under_300_mb(hub, tmp_path):
+    import ml_dtypes
+    import numpy as np
+
+    from expo_stream.format.writer import save_checkpoint
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from rss import run_sampled
+
+    # 2 x 160 MiB inputs, sharded unlike each other: more than the stream's buffers could hold.
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(2**20, dtype=np.float32)
+    for name, shift, shard in (("sft", 0.0, None), ("dpo", 1e-3, 100 * 2**20)):
+        tensors = {f"model.layers.{i}.mlp.up_proj.weight":
+                   (np.tile(base, 16) + shift * (i + 1)).astype(ml_dtypes.bfloat16).reshape(-1, 1024)
+                   for i in range(5)}
+        save_checkpoint(tmp_path / name, tensors, shard, {"num_hidden_layers": 5})
+        hub.add_repo(f"me/{name}", tmp_path / name)
+    env = env_for(hub, tmp_path)
+    rc, peak, _ = run_sampled([sys.executable, "-m", "expo_stream.cli", "merge", "--sft", "me/sft",
+                               "--dpo", "me/dpo", "--alpha", "0.3", "--stream", "--push-to",
+                               "me/out", "--max-shard-size", "64MB", "--quiet"], env=env)
+    assert rc == 0
+    assert peak < 300 * 2**20, peak / 2**20
+    assert sum(v["size"] for v in hub.manifest("me/out").values()) > 160 * 2**20

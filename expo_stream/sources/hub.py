@@ -35,8 +35,8 @@ from ..hub import REPO_ID, HubError, endpoint, hub_errors
 log = logging.getLogger(__name__)
 
 RANGE_BYTES = 8 * 2**20  # one request's bytes: large enough that a request's latency is small
-IN_FLIGHT = 4  # requests at once per file: keeps a long-latency link busy
-WINDOW = IN_FLIGHT + 2  # ranges held per file (being fetched, or ready to be copied out)
+IN_FLIGHT = 3  # requests at once per file: keeps a long-latency link busy
+WINDOW = IN_FLIGHT + 1  # ranges held per file (being fetched, or ready to be copied out)
 RETRIES = 6  # tries per range after the first, with backoff from 0.5 s doubling to 8 s
 SMALL_FILES = ["config.json", INDEX_NAME, *SIDE_FILES]
 
