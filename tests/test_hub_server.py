@@ -319,6 +319,11 @@ def test_preupload_then_one_commit(tmp_path):
         assert api.repo_info("me/out").sha == info.oid
         local = snapshot_download("me/out", endpoint=hub.endpoint, token=TOKEN, cache_dir=tmp_path / "dl")
         assert {p.name: p.read_bytes() for p in Path(local).iterdir()} == files
+        # A resumed run pre-uploading the same bytes again: the LFS batch answers that the
+        # object is there (no actions), so nothing is sent.
+        again = CommitOperationAdd("model-00001-of-00002.safetensors", files["model-00001-of-00002.safetensors"])
+        api.preupload_lfs_files("me/out", additions=[again])
+        assert len(hub.requests(kind="upload")) == 5 and again._is_uploaded
 
 
 def test_lfs_put_streams_chunked_bodies_and_checks_hashes(tmp_path):
