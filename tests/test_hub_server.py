@@ -194,6 +194,9 @@ def test_fail_matches_paths_and_counts_down(seeded):
     session = get_session()
     assert [session.get(url(hub, "config.json")).status_code for _ in range(3)] == [502, 502, 200]
     assert session.get(url(hub, "model.safetensors"), headers={"Range": "bytes=0-1"}).status_code == 206
+    hub.fail("model.safetensors", status=503, method="GET")
+    assert session.head(url(hub, "model.safetensors")).status_code == 200  # not a GET: untouched
+    assert session.get(url(hub, "model.safetensors")).status_code == 503
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
     hub.fail("paths-info", status=500)
     with pytest.raises(HfHubHTTPError):
