@@ -239,7 +239,7 @@ def mb(n: int) -> str:
     return f"{n / 1e6:,.0f}"
 
 
-def table(results: list[dict], pair_bytes: int) -> str:
+def table(results: list[dict], pair_bytes: int, bandwidth: float | None = None) -> str:
     rows = ["| mode | status | wall s | down MB | up MB | requests | peak disk MB | peak RssAnon MB |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -249,7 +249,9 @@ def table(results: list[dict], pair_bytes: int) -> str:
         rows.append(f"| {r['mode']} | {r['status']} | {r['wall_s']:.1f} | {mb(r['down_bytes'])} | "
                     f"{mb(r['up_bytes'])} | {r['requests']} | {mb(r['peak_disk_bytes'])} | "
                     f"{mb(r['peak_rss_anon_bytes'])} |")
-    rows.append(f"\ninputs: {mb(pair_bytes)} MB of tensors (SFT + DPO)")
+    rows.append(f"\ninputs: {mb(pair_bytes)} MB of tensors (SFT + DPO)"
+                + (f"; downloading them takes at least {pair_bytes / bandwidth:.1f} s at "
+                   f"{bandwidth / 1e6:g} MB/s" if bandwidth else ""))
     return "\n".join(rows)
 
 
@@ -307,7 +309,7 @@ def main() -> None:
             pushed = [r["repo"] for r in results if r["status"] == "ok"]
             check = compare_pushed(hub, pushed) if len(pushed) == 2 else None
         print()
-        print(table(results, 2 * one))
+        print(table(results, 2 * one, args.bandwidth or None))
         if check is not None:
             print(f"\npushed weights identical (sha256): {check['weights_identical']}; "
                   f"identical files: {len(check['identical'])}; differing: {check['different'] or 'none'}")
