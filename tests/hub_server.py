@@ -27,9 +27,9 @@ as on a full-duplex link). ``hub.bandwidth = x`` changes it while serving; None 
 
 Faults (thread-safe; each rule is consumed when it fires, ``times=None`` keeps it forever):
 
-- ``hub.fail(match, status=503, times=1)``: the next ``times`` requests, any method, whose URL
-  path (percent-decoded, without the query) contains ``match`` answer ``status`` with a JSON error
-  and ``Connection: close``, before any route runs.
+- ``hub.fail(match, status=503, times=1, method=None)``: the next ``times`` requests (any method,
+  or only ``method``, e.g. "GET") whose URL path (percent-decoded, without the query) contains
+  ``match`` answer ``status`` with a JSON error and ``Connection: close``, before any route runs.
 - ``hub.down(True)``: every request answers 503 ("the Hub is down") until ``hub.down(False)``;
   ``hub.down(True, close=True)`` closes each connection instead, without any response.
 - ``hub.drop_after(name, nbytes, times=1, reset=False)``: the next ``times`` resolve GETs of a
@@ -147,6 +147,7 @@ class Rule:
     nbytes: int = 0
     seconds: float = 0.0
     reset: bool = False
+    method: str | None = None
 
 
 class Repo:
@@ -342,7 +343,7 @@ def make_handler(state: HubState):
                 if down == "503":
                     self.rec.fault = "down"
                     return self.error(503, "the Hub is down (LocalHub.down)", head=method == "HEAD")
-                rule = state.take_rule(("fail",), lambda r: r.match in path)
+                rule = state.take_rule(("fail",), lambda r: r.match in path and r.method in (None, method))
                 if rule is not None:
                     self.rec.fault = "fail"
                     return self.error(rule.status, f"injected failure ({rule.match})", head=method == "HEAD")
@@ -859,10 +860,11 @@ class LocalHub:
             self.state.download.set_rate(rate)
 
     # -- faults ----------------------------------------------------------------------------------
-    def fail(self, match: str, status: int = 503, times: int | None = 1) -> None:
-        """The next ``times`` requests whose decoded URL path contains ``match`` answer ``status``."""
+    def fail(self, match: str, status: int = 503, times: int | None = 1, method: str | None = None) -> None:
+        """The next ``times`` requests (of ``method`` if given) whose decoded URL path contains
+        ``match`` answer ``status``."""
         with self.state.lock:
-            self.state.rules.append(Rule("fail", match, times, status=status))
+            self.state.rules.append(Rule("fail", match, times, status=status, method=method))
 
     def drop_after(self, name: str, nbytes: int, times: int | None = 1, reset: bool = False) -> None:
         """The next ``times`` GETs of a file whose repo path ends with ``name`` send ``nbytes`` body

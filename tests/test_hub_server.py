@@ -194,6 +194,9 @@ def test_fail_matches_paths_and_counts_down(seeded):
     session = get_session()
     assert [session.get(url(hub, "config.json")).status_code for _ in range(3)] == [502, 502, 200]
     assert session.get(url(hub, "model.safetensors"), headers={"Range": "bytes=0-1"}).status_code == 206
+    hub.fail("model.safetensors", status=503, method="GET")
+    assert session.head(url(hub, "model.safetensors")).status_code == 200  # not a GET: untouched
+    assert session.get(url(hub, "model.safetensors")).status_code == 503
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
     hub.fail("paths-info", status=500)
     with pytest.raises(HfHubHTTPError):
@@ -319,6 +322,11 @@ def test_preupload_then_one_commit(tmp_path):
         assert api.repo_info("me/out").sha == info.oid
         local = snapshot_download("me/out", endpoint=hub.endpoint, token=TOKEN, cache_dir=tmp_path / "dl")
         assert {p.name: p.read_bytes() for p in Path(local).iterdir()} == files
+        # A resumed run pre-uploading the same bytes again: the LFS batch answers that the
+        # object is there (no actions), so nothing is sent.
+        again = CommitOperationAdd("model-00001-of-00002.safetensors", files["model-00001-of-00002.safetensors"])
+        api.preupload_lfs_files("me/out", additions=[again])
+        assert len(hub.requests(kind="upload")) == 5 and again._is_uploaded
 
 
 def test_lfs_put_streams_chunked_bodies_and_checks_hashes(tmp_path):
