@@ -81,7 +81,7 @@ def describe_costs(plan: Plan, *, stream: bool, local_copy: bool, threads: int,
 
     Estimates from the plan: the RAM figures count the engine's buffers (three per thread, and
     with ``stream`` a window of ranges for the two or three input files read at once) plus
-    ~100 MiB for the interpreter and libraries; disk counts what the run writes or downloads.
+    ~50 MiB for the interpreter and libraries; disk counts what the run writes or downloads.
     """
     from .sources.hub import RANGE_BYTES, WINDOW
 
@@ -91,7 +91,7 @@ def describe_costs(plan: Plan, *, stream: bool, local_copy: bool, threads: int,
     n = len(plan.schedules)
     output = sum(s.file_bytes for s in plan.shards) * n
     biggest = max((s.file_bytes for s in plan.shards), default=0) * n
-    engine = threads * 3 * chunk_elements * 4 + 100 * 2**20
+    engine = threads * 3 * chunk_elements * 4 + 50 * 2**20
     windows = min(3, len(hub_files)) * WINDOW * RANGE_BYTES
     first_disk = remote + output
     if stream:

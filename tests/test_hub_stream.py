@@ -269,3 +269,13 @@ def test_peak_anonymous_memory_of_a_hub_to_hub_merge_stays_under_300_mb(hub, tmp
     assert rc == 0
     assert peak < 300 * 2**20, peak / 2**20
     assert sum(v["size"] for v in hub.manifest("me/out").values()) > 160 * 2**20
+
+
+def test_dry_run_says_what_each_mode_costs(hub, tmp_path):
+    sft, dpo, _ = seeded(hub, tmp_path)
+    inputs = sum(p.stat().st_size for d in (sft, dpo) for p in d.glob("*.safetensors"))
+    r = stream(env_for(hub, tmp_path), "--alpha", "0.3", "--dry-run")
+    cost = [line for line in r.stdout.splitlines() if "download" in line]
+    assert len(cost) == 2 and cost[0].startswith("cost: stream, shard by shard to the Hub")
+    assert f"download {inputs / 1024:.1f} KiB" in cost[0] and "download first instead" in cost[1]
+    assert not hub.requests(kind="upload") and "me/out" not in hub.state.repos
