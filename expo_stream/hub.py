@@ -178,7 +178,6 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
     from huggingface_hub import HfApi, constants
 
     from .execute.verify import verify
-    from .format.writer import WRITTEN_LIST
 
     folder = Path(folder)
     reports = verify(folder, sample=verify_sample)
@@ -194,9 +193,32 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         head = api.repo_info(repo_id, revision=revision).sha
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+        info = api.create_commit(
+            repo_id, operations=folder_operations(folder), revision=revision, create_pr=create_pr,
             commit_message=commit_message or f"Upload {folder.name} (expo-stream)",
-            parent_commit=head, ignore_patterns=[WRITTEN_LIST],
+            parent_commit=head,
         )
     return info.pr_url if create_pr and info.pr_url else info.commit_url
+
+
+def folder_operations(folder: Path, skip: set[str] = frozenset()) -> list:
+    """One commit operation per file of an output ``folder`` (names in ``skip`` and the local
+    list of written files left out); its recipe as :func:`publishable_recipe` gives it."""
+    import json
+
+    from huggingface_hub import CommitOperationAdd
+
+    from .execute.merge import RECIPE_NAME, publishable_recipe
+    from .format.writer import WRITTEN_LIST
+
+    ops = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if path.name == WRITTEN_LIST or path.name in skip:
+            continue
+        content = str(path)
+        if path.name == RECIPE_NAME:
+            recipe = publishable_recipe(json.loads(path.read_text(encoding="utf-8")))
+            content = (json.dumps(recipe, indent=2) + "\n").encode("utf-8")
+        ops.append(CommitOperationAdd(rel, content))
+    return ops

@@ -48,11 +48,13 @@ def cli(env, *args, check=True):
 
 
 def files_of(directory) -> dict[str, bytes]:
-    """What a push publishes: every file but the local list of what expo-stream wrote."""
+    """What a push publishes as written: every file but the local list of what expo-stream
+    wrote and the recipe (pushed with local inputs named by directory and sha256, not by path:
+    test_hub_stream.py)."""
     from expo_stream.format.writer import WRITTEN_LIST
 
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
-            if p.is_file() and p.name != WRITTEN_LIST}
+            if p.is_file() and p.name not in (WRITTEN_LIST, "expo_recipe.json")}
 
 
 def test_merge_push_download_round_trip(hub, tmp_path):
@@ -69,6 +71,7 @@ def test_merge_push_download_round_trip(hub, tmp_path):
     from pathlib import Path
 
     assert files_of(Path(local)) == files_of(out)
+    assert json.loads((Path(local) / "expo_recipe.json").read_text())["sft"] == "sft"
     card = ModelCard.load(Path(local) / "README.md")
     # Repo ids only: a local input is named in the text, never by its path.
     assert card.data.base_model == ["org/tiny-sft"]

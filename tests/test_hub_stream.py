@@ -87,7 +87,7 @@ def test_pushed_files_equal_a_local_merge_and_no_input_is_stored(hub, tmp_path, 
     assert WRITTEN_LIST not in {k.rsplit("/", 1)[-1] for k in files}
     recipe = json.loads(hub_file(hub, "me/out", f"{sub}expo_recipe.json"))
     assert recipe["sft"] == f"me/sft@{sft_sha}"
-    assert str(tmp_path) not in json.dumps(recipe) and recipe["command"].startswith("expo-stream")
+    assert str(tmp_path) not in json.dumps(recipe) and "command" not in recipe
 
 
 def test_recipe_of_a_streamed_merge_reproduces_it(hub, tmp_path):
@@ -279,3 +279,18 @@ def test_dry_run_says_what_each_mode_costs(hub, tmp_path):
     assert len(cost) == 2 and cost[0].startswith("cost: stream, shard by shard to the Hub")
     assert f"download {inputs / 1024:.1f} KiB" in cost[0] and "download first instead" in cost[1]
     assert not hub.requests(kind="upload") and "me/out" not in hub.state.repos
+
+
+def test_a_pushed_local_merge_names_its_inputs_by_directory_and_sha256(hub, tmp_path):
+    sft, dpo, _, _ = tiny_pair(tmp_path)
+    out = tmp_path / "out"
+    cli(env_for(hub, tmp_path), "merge", "--sft", sft, "--dpo", dpo, "--out", out, "--alpha",
+        "0.3", "--quiet", "--push-to", "me/local")
+    pushed_recipe = json.loads(hub_file(hub, "me/local", "expo_recipe.json"))
+    assert pushed_recipe["sft"] == "sft" and pushed_recipe["dpo"] == "dpo"
+    assert pushed_recipe["sft_sha256"] == {
+        "model.safetensors": hashlib.sha256((sft / "model.safetensors").read_bytes()).hexdigest()}
+    assert len(pushed_recipe["dpo_sha256"]) == len(list(dpo.glob("*.safetensors"))) + 1  # + index
+    assert str(tmp_path) not in json.dumps(pushed_recipe) and "command" not in pushed_recipe
+    # The local copy keeps where its inputs are, so `verify` can recompute from them.
+    assert json.loads((out / "expo_recipe.json").read_text())["sft"] == str(sft.resolve())

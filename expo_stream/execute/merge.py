@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -405,7 +406,6 @@ def _write_side_files(staging: Staging, sub: str, plan: Plan, which: int, backen
             "weight_map": plan.weight_map(),
         })
     recipe = resolved_recipe(plan, which, backend)
-    recipe["command"] = command
     staging.write_json(f"{sub}/{RECIPE_NAME}", recipe)
     staging.write_text(f"{sub}/README.md", model_card_text(plan, which, command))
 
@@ -423,6 +423,36 @@ def _recipe_input(checkpoint, location: Path) -> str:
     if cached.parent.name == "snapshots" and cached.parent.parent.name.startswith("models--"):
         return f"{cached.parent.parent.name[len('models--'):].replace('--', '/')}@{cached.name}"
     return str(cached)
+
+
+def publishable_recipe(recipe: dict) -> dict:
+    """The recipe as it may leave this machine: a local input becomes its directory's name and
+    the sha256 of each of its files (``sft_sha256``), never a path.
+
+    Hub inputs (``org/name@commit``) stay as they are. Hashing reads the local inputs once;
+    it runs when a model is pushed, not when it is merged.
+    """
+    from ..hub import REPO_ID
+
+    out = dict(recipe)
+    for key in ("sft", "dpo"):
+        location = recipe.get(key)
+        if not isinstance(location, str) or REPO_ID.match(location) or not Path(location).exists():
+            continue
+        root = Path(location)
+        files = [root] if root.is_file() else sorted(
+            p for p in root.iterdir() if p.suffix == ".safetensors" or p.name == INDEX_NAME)
+        out[key] = root.name
+        out[f"{key}_sha256"] = {p.name: _sha256(p) for p in files}
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(2**22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:

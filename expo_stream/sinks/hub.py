@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import OutputError
 from ..format.manifest import check_file
 from ..format.writer import Staging
-from ..hub import HubError, endpoint, hub_errors
+from ..hub import HubError, endpoint, folder_operations, hub_errors
 from ..plan.planner import Plan
 from ..sources.hub import quiet_progress
 from .local import LocalSink, plan_fingerprint
@@ -162,16 +162,13 @@ class HubSink:
         Returns:
             The commit URL.
         """
-        from huggingface_hub import CommitOperationAdd
-
         self.wait()
         ops = [_uploaded(path, **v) for path, v in self.uploaded.items()]
         shard_names = {s.filename for s in self.plan.shards}
         for sub in self.subdirs:
-            folder = self.staging.path / sub
-            for f in sorted(folder.iterdir()):
-                if f.is_file() and f.name not in shard_names and not f.name.startswith("."):
-                    ops.append(CommitOperationAdd(self._in_repo(sub, f.name), str(f)))
+            for op in folder_operations(self.staging.path / sub, skip=shard_names):
+                op.path_in_repo = self._in_repo(sub, op.path_in_repo)
+                ops.append(op)
         with hub_errors(self.repo_id):
             info = self.api.create_commit(self.repo_id, operations=ops, commit_message=message,
                                           parent_commit=self.head)
