@@ -22,7 +22,7 @@ from ..plan.options import (
 from ..plan.planner import Plan, build_plan
 from ..version import __version__
 from ..sinks.local import LocalSink
-from ..sources import close_inputs, finish_inputs, open_once
+from ..sources import close_inputs, open_once
 from ..format.files import InputFile
 from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS
 from .shard import Executor, ShardTask
@@ -257,8 +257,9 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
             progress(sum(plan.shards[i].data_bytes for i in kept) * len(subdirs))
         tasks = [ShardTask(plan, i, staging.path, tuple(subdirs), backend, threads, chunk_elements)
                  for i in todo]
-        (executor or ThreadedExecutor()).run(tasks, sink.shard_done, progress)
-        finish_inputs(plan.sft.files + plan.dpo.files)  # streamed inputs: check each digest
+        executor = executor or ThreadedExecutor()
+        executor.run(tasks, sink.shard_done, progress)
+        executor.check_inputs(plan.sft.files + plan.dpo.files)  # streamed inputs: each digest
         for i, sub in enumerate(subdirs):
             _write_side_files(staging, sub, plan, i, backend, command)
         staging.commit()
@@ -281,7 +282,7 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
 def push_plan(plan: Plan, repo_id: str, *, private: bool = False, backend: str = "auto",
               threads: int = DEFAULT_THREADS, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
               progress: Callable[[int], None] | None = None, command: str | None = None,
-              commit_message: str | None = None) -> PushResult:
+              commit_message: str | None = None, executor: Executor | None = None) -> PushResult:
     """Compute a plan's shards and publish them on the Hub as ``repo_id``, with no local output.
 
     Each shard is computed into a staging directory in the Hub cache, checked (its digests,
@@ -290,6 +291,11 @@ def push_plan(plan: Plan, repo_id: str, *, private: bool = False, backend: str =
     and model card go in with the shards in one commit. Local disk: at most two output shards
     and the small files. A re-run of an interrupted push neither recomputes nor re-uploads the
     shards the Hub already holds.
+
+    With a distributed ``executor`` (Ray), each task computes its shard where it runs, checks
+    and pre-uploads it itself, and reads only that shard's part of each input; each input's
+    sha256 is then checked by a task of its own (a second read of the inputs); the driver
+    makes the one commit. No storage is shared.
 
     Returns:
         A :class:`PushResult`.
@@ -319,11 +325,14 @@ def push_plan(plan: Plan, repo_id: str, *, private: bool = False, backend: str =
                  len(kept), len(todo))
         if progress is not None and kept:
             progress(sum(plan.shards[i].data_bytes for i in kept) * len(subdirs))
-        tasks = [ShardTask(plan, i, staging.path, tuple(subdirs), backend, threads, chunk_elements)
+        remote = executor is not None and not isinstance(executor, ThreadedExecutor)
+        tasks = [ShardTask(plan, i, staging.path, tuple(subdirs), backend, threads, chunk_elements,
+                           upload_to=repo_id if remote else None)
                  for i in todo]
-        ThreadedExecutor().run(tasks, sink.shard_done, progress)
+        executor = executor or ThreadedExecutor()
+        executor.run(tasks, sink.shard_done, progress)
         sink.wait()
-        finish_inputs(plan.sft.files + plan.dpo.files)  # every input's sha256, before the commit
+        executor.check_inputs(plan.sft.files + plan.dpo.files)  # every sha256, before the commit
         for i, sub in enumerate(subdirs):
             _write_side_files(staging, sub, plan, i, backend, command)
         url = sink.commit(commit_message or f"Upload {repo_id.split('/')[-1]} (expo-stream)")

@@ -56,6 +56,7 @@ class RayExecutor:
         self.address = address
         self.max_retries = max_retries
         self.nodes: dict[int, str] = {}
+        self._checked: set = set()  # streamed inputs whose sha256 a task has checked
 
     def run(self, tasks: Sequence[ShardTask],
             on_shard_done: Callable[[int, tuple[dict, ...]], None],
@@ -72,16 +73,60 @@ class RayExecutor:
             return
         ray = import_ray()
         started = connect(ray, self.address)
+        plan = tasks[0].plan
         try:
             cpus = _node_cpus(ray)
             if not cpus:
                 raise UsageError("the Ray cluster has no node with a CPU to run merge tasks on")
-            _check_shared(ray, tasks[0], list(cpus))
+            if tasks[0].upload_to is None:
+                _check_shared(ray, tasks[0], list(cpus))
+            elif any(f.source == "local" for ck in (plan.sft, plan.dpo) for f in ck.files):
+                raise UsageError("Ray tasks that push to the Hub read their inputs from the Hub: "
+                                 "name both inputs by repo id with --stream, or give --out on "
+                                 "storage every node shares")
+            # Each streamed input's sha256 is checked by a task of its own, alongside.
+            streamed = [f for ck in (plan.sft, plan.dpo) for f in ck.files if f.source == "hub"]
+            digests = {ray.remote(_check_digest_remote).options(num_cpus=0).remote(f): f
+                       for f in streamed}
             self._run(ray, tasks, min(tasks[0].threads, max(cpus.values())), on_shard_done,
                       progress)
+            self._wait_digests(ray, digests)
         finally:
             if started:
                 ray.shutdown()
+
+    def check_inputs(self, files) -> None:
+        """Check the streamed inputs a run's tasks did not check (a resumed run with no shard
+        left to compute), each in a Ray task."""
+        todo = [f for f in files if f.source == "hub" and f not in self._checked]
+        if not todo:
+            return
+        ray = import_ray()
+        started = connect(ray, self.address)
+        try:
+            self._wait_digests(ray, {ray.remote(_check_digest_remote).options(num_cpus=0)
+                                     .remote(f): f for f in todo})
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _wait_digests(self, ray, digests: dict) -> None:
+        from ray.exceptions import RayTaskError
+
+        try:
+            for ref, file in digests.items():
+                try:
+                    ray.get(ref)
+                except RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, ExpoStreamError):
+                        raise cause from None
+                    raise ExpoStreamError(f"{file}: the Ray task checking its sha256 failed "
+                                          f"({_first_line(cause or exc)})") from None
+                self._checked.add(file)
+        except BaseException:
+            _cancel(ray, list(digests))
+            raise
 
     def _run(self, ray, tasks, num_cpus, on_shard_done, progress) -> None:
         from ray.exceptions import RayError, RayTaskError
@@ -219,10 +264,24 @@ def _probe_remote(staging: str, node: str, inputs: dict[str, int]) -> tuple[str,
     return host, None
 
 
+def _check_digest_remote(file) -> None:
+    """A Ray task: stream one Hub input end to end and check its sha256."""
+    from ..sources.hub import check_digest
+
+    check_digest(file)
+
+
 def _compute_remote(plan, task: ShardTask, counter) -> tuple[tuple[dict, ...], str]:
-    """A Ray task: compute one shard; (its records, the node that wrote it)."""
+    """A Ray task: compute one shard; (its records, the node that wrote it).
+
+    With ``task.upload_to``, the shard is computed into a directory of this worker's own,
+    checked, pre-uploaded and deleted, reading only its part of each streamed input, and each
+    record carries the uploaded object (``uploaded``: sha256, size) for the driver's commit.
+    """
     import ray
 
+    if task.upload_to is not None:
+        return _compute_and_upload(plan, task, counter), ray.get_runtime_context().get_node_id()
     unsent = 0
 
     def report(n: int) -> None:
@@ -236,6 +295,39 @@ def _compute_remote(plan, task: ShardTask, counter) -> tuple[tuple[dict, ...], s
     if counter is not None and unsent:
         ray.get(counter.add.remote(unsent))  # counted before the driver sees this task done
     return records, ray.get_runtime_context().get_node_id()
+
+
+def _compute_and_upload(plan, task: ShardTask, counter) -> tuple[dict, ...]:
+    import shutil
+    import tempfile
+
+    from ..sinks.hub import upload_shard
+    from ..sources import close_inputs
+    from ..sources.hub import STREAMS
+    from .verify import check_shard
+
+    shard = plan.shards[task.index]
+    starts: dict = {}
+    for job in shard.tensors:
+        for info in (job.dpo, job.sft):
+            if info is not None and info.file.source == "hub":
+                starts[info.file] = min(starts.get(info.file, info.start), info.start)
+    STREAMS.start_at(starts)  # this shard's part of each input, not the files from byte 0
+    own = Path(tempfile.mkdtemp(prefix="expo-shard-"))
+    try:
+        for sub in task.subdirs:
+            (own / sub).mkdir(parents=True, exist_ok=True)
+        local = replace(task, plan=None, staging=own, upload_to=None)
+        records = _compute_remote(plan, local, counter)[0]
+        paths = [own / sub / shard.filename for sub in task.subdirs]
+        check_shard(plan, task.index, paths, task.backend)
+        in_repo = [shard.filename if sub == "." else f"{sub}/{shard.filename}"
+                   for sub in task.subdirs]
+        uploaded = upload_shard(task.upload_to, paths, records, in_repo)
+        return tuple({**r, "uploaded": u} for r, u in zip(records, uploaded))
+    finally:
+        close_inputs()  # a worker runs task after task: no stream outlives its task
+        shutil.rmtree(own, ignore_errors=True)
 
 
 class _ProgressCounter:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from ..errors import ExpoStreamError
+from ..format.files import InputFile
 from ..format.manifest import ShardRecord, digest
 from ..format.writer import ShardFile
 from ..plan.planner import Plan, ShardJob
@@ -33,6 +34,8 @@ class ShardTask:
         backend: a resolved kernel backend name.
         threads: worker threads inside the task.
         chunk_elements: elements per chunk (bounds memory; never changes a bit).
+        upload_to: a Hub repo: an executor whose tasks see no shared storage computes the shard
+            into a directory of its own and pre-uploads it there (the driver commits).
     """
 
     plan: Plan
@@ -42,6 +45,7 @@ class ShardTask:
     backend: str
     threads: int = DEFAULT_THREADS
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    upload_to: str | None = None
 
     @property
     def shard(self) -> ShardJob:
@@ -120,3 +124,6 @@ class Executor(Protocol):
     def run(self, tasks: Sequence[ShardTask],
             on_shard_done: Callable[[int, tuple[dict, ...]], None],
             progress: Callable[[int], None] | None = None) -> None: ...
+
+    def check_inputs(self, files: Sequence[InputFile]) -> None:
+        """Check every streamed input's digest before the output is published (raises)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from ..format.files import InputFile
+from ..sources import finish_inputs
 from .shard import ShardTask, compute_shard
 
 
@@ -19,3 +21,7 @@ class ThreadedExecutor:
             progress: Callable[[int], None] | None = None) -> None:
         for task in tasks:
             on_shard_done(task.index, compute_shard(task, progress))
+
+    def check_inputs(self, files: Sequence[InputFile]) -> None:
+        """The streams this process read hashed every file: read what is left and compare."""
+        finish_inputs(files)

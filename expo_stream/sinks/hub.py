@@ -110,8 +110,16 @@ class HubSink:
         return {a["oid"] for a in actions if not a.get("actions")}
 
     def shard_done(self, index: int, records: tuple[dict, ...]) -> None:
-        """Hand a computed shard to the uploader (after the previous one is uploaded)."""
+        """Hand a computed shard to the uploader (after the previous one is uploaded); a shard
+        that its task uploaded itself (records carrying ``uploaded``) is only recorded."""
         self.wait()
+        if all("uploaded" in r for r in records):
+            shard = self.plan.shards[index]
+            for sub, record in zip(self.subdirs, records):
+                self.uploaded[self._in_repo(sub, shard.filename)] = record["uploaded"]
+                self.uploaded_bytes += record["uploaded"]["size"]
+            self._save_record()
+            return
         self.local.shard_done(index, records)
         self._thread = threading.Thread(target=self._upload, args=(index, records),
                                         name="expo-upload", daemon=True)
@@ -126,26 +134,16 @@ class HubSink:
             raise self._error
 
     def _upload(self, index: int, records: tuple[dict, ...]) -> None:
-        from huggingface_hub import CommitOperationAdd
-
         try:
             shard = self.plan.shards[index]
             paths = [self.staging.path / sub / shard.filename for sub in self.subdirs]
-            for path, record in zip(paths, records):
-                problem = check_file(path, record)
-                if problem:
-                    raise OutputError(f"{path}: {problem}; not uploading it")
             if self.check is not None:
                 self.check(index, paths)
-            ops = [CommitOperationAdd(self._in_repo(sub, shard.filename), str(path))
-                   for sub, path in zip(self.subdirs, paths)]
-            with hub_errors(self.repo_id):
-                self.api.preupload_lfs_files(self.repo_id, additions=ops)
-            for op, path in zip(ops, paths):
-                self.uploaded[op.path_in_repo] = {"sha256": op.upload_info.sha256.hex(),
-                                                  "size": op.upload_info.size}
-                self.uploaded_bytes += op.upload_info.size
-                path.unlink()
+            uploaded = upload_shard(self.repo_id, paths, records,
+                                    [self._in_repo(sub, shard.filename) for sub in self.subdirs])
+            for sub, done in zip(self.subdirs, uploaded):
+                self.uploaded[self._in_repo(sub, shard.filename)] = done
+                self.uploaded_bytes += done["size"]
             self._save_record()
         except BaseException as exc:  # noqa: BLE001 - raised in the driver by wait()
             self._error = exc
@@ -178,6 +176,30 @@ class HubSink:
         """The commit is made: drop the staging directory and the upload record."""
         self.staging.abort()
         shutil.rmtree(self.staging.path.parent, ignore_errors=True)
+
+
+def upload_shard(repo_id: str, paths: list[Path], records: tuple[dict, ...],
+                 in_repo: list[str]) -> list[dict]:
+    """Check shard files against their records, pre-upload them and delete them.
+
+    Returns:
+        ``{"sha256", "size"}`` of each uploaded object, as the final commit needs it.
+
+    Raises:
+        OutputError: a file's bytes differ from its record. HubError: the upload failed.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    for path, record in zip(paths, records):
+        problem = check_file(path, record)
+        if problem:
+            raise OutputError(f"{path}: {problem}; not uploading it")
+    ops = [CommitOperationAdd(name, str(path)) for name, path in zip(in_repo, paths)]
+    with hub_errors(repo_id):
+        HfApi(endpoint=endpoint()).preupload_lfs_files(repo_id, additions=ops)
+    for path in paths:
+        path.unlink()
+    return [{"sha256": op.upload_info.sha256.hex(), "size": op.upload_info.size} for op in ops]
 
 
 def _uploaded(path_in_repo: str, sha256: str, size: int):

@@ -205,10 +205,13 @@ class HubFile:
     Args:
         file: a ``hub`` input file.
         range_bytes, in_flight, window: request size, requests at once, ranges held.
+        start: the first byte anyone will read. From 0, the stream hashes the whole file and
+            :meth:`finish` checks its sha256; from further on (a Ray task that computes one shard
+            reads only that shard's part) it does not, and the digest is checked elsewhere.
     """
 
     def __init__(self, file: InputFile, range_bytes: int = RANGE_BYTES, in_flight: int = IN_FLIGHT,
-                 window: int = WINDOW):
+                 window: int = WINDOW, start: int = 0):
         self.file, self.size = file, file.size
         self._url = _url(file)
         self._range = range_bytes
@@ -218,9 +221,13 @@ class HubFile:
         self._ready: dict[int, bytearray] = {}  # range index -> its bytes, fetched
         self._consumed: dict[int, int] = {}  # range index -> bytes copied out so far
         self._copying: dict[int, int] = {}  # range index -> readers copying out of it now
-        self._next = 0  # next range to fetch
-        self._low = 0  # ranges below this were dropped
-        self._hashed = 0  # ranges hashed, in order
+        self._hashes = start == 0
+        first = start // range_bytes
+        self._next = first  # next range to fetch
+        self._low = first  # ranges below this were dropped
+        self._hashed = first  # ranges hashed (or, not hashing, passed on), in order
+        if start % range_bytes:  # the bytes before ``start`` in its range: nobody reads them
+            self._consumed[first] = start - first * range_bytes
         self._hashing = False
         self._sha = hashlib.sha256()
         self._free: list[bytearray] = []
@@ -255,7 +262,7 @@ class HubFile:
                 return
             with self._cond:
                 self._ready[i] = buf
-                if i == 0:
+                if i == 0 and self._hashes:
                     self._credit_header(buf)
                 hash_now = not self._hashing and self._hashed in self._ready
                 self._hashing = self._hashing or hash_now
@@ -279,10 +286,11 @@ class HubFile:
                     self._cond.notify_all()
                     return
                 i = self._hashed
-            self._sha.update(memoryview(buf)[:self._span(i)])
+            if self._hashes:
+                self._sha.update(memoryview(buf)[:self._span(i)])
             with self._cond:
                 self._hashed += 1
-                if self._hashed == self._count:
+                if self._hashed == self._count and self._hashes:
                     self._check_digest()
                 self._drop_consumed()
                 self._cond.notify_all()
@@ -372,6 +380,8 @@ class HubFile:
         Raises:
             FormatError: the digest differs; HubError: the rest cannot be read.
         """
+        if not self._hashes:
+            raise ValueError(f"{self.file}: a stream that starts past byte 0 checks no digest")
         with self._cond:
             while not (self._hashed == self._count or self._error is not None):
                 if self._low < self._hashed:
@@ -399,12 +409,18 @@ class Streams:
     def __init__(self):
         self._lock = threading.Lock()
         self._files: dict[InputFile, HubFile] = {}
+        self._starts: dict[InputFile, int] = {}
+
+    def start_at(self, starts: dict[InputFile, int]) -> None:
+        """Streams opened from now on begin at these offsets (unhashed) instead of byte 0."""
+        with self._lock:
+            self._starts = dict(starts)
 
     def open(self, file: InputFile) -> HubFile:
         with self._lock:
             f = self._files.get(file)
             if f is None:
-                f = self._files[file] = HubFile(file)
+                f = self._files[file] = HubFile(file, start=self._starts.get(file, 0))
             return f
 
     def finish(self, files) -> None:
@@ -414,9 +430,22 @@ class Streams:
 
     def close(self) -> None:
         with self._lock:
-            files, self._files = list(self._files.values()), {}
+            files, self._files, self._starts = list(self._files.values()), {}, {}
         for f in files:
             f.shutdown()
 
 
 STREAMS = Streams()
+
+
+def check_digest(file: InputFile) -> None:
+    """Stream all of ``file`` and check its sha256 (a Ray task does this for each input).
+
+    Raises:
+        FormatError: the digest differs; HubError: the file cannot be read.
+    """
+    stream = HubFile(file)
+    try:
+        stream.finish()
+    finally:
+        stream.shutdown()
