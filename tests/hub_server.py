@@ -12,8 +12,11 @@ sha256). Runs on 127.0.0.1, port 0, in a thread. Xet is not offered, so clients 
 
 Scale: LFS blobs are served from disk with seek + chunked writes; LFS PUT bodies and multipart
 parts are streamed to disk (parts are concatenated and hashed on ``complete``), so nothing holds a
-whole blob in memory. ``LocalHub.add_repo`` seeds a repo from a local folder without the client
-(big files hashed in chunks and hard-linked, or copied, into the blob store).
+whole blob in memory. Blobs are stored once, but as on the Hub the LFS batch calls an object
+present only for a repo it was uploaded to or committed in (upload URLs carry ``?repo=``), so
+pushing bytes another repo holds still uploads them. ``LocalHub.add_repo`` seeds a repo from a
+local folder without the client (big files hashed in chunks and hard-linked, or copied, into the
+blob store).
 
 Resolution: ``Range: bytes=a-b``, ``bytes=a-`` and ``bytes=-n`` answer 206 with ``Content-Range``;
 a range starting at or past the end answers 416 (``Content-Range: bytes */SIZE``); several ranges
@@ -75,7 +78,7 @@ import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 MULTIPART_THRESHOLD = 1_000_000  # objects above this size are offered multipart uploads
 PART_SIZE = 400_000
@@ -159,6 +162,9 @@ class Repo:
         self.titles: dict[str, tuple[str, str]] = {first: ("initial commit", _now())}
         self.refs = {"main": 0}
         self.prs = 0
+        # LFS objects this repo may use: uploaded through its batch or committed in it. As on the
+        # Hub, an object another repo uploaded is not "already there" for this one.
+        self.objects: set[str] = set()
 
     def head(self, revision: str) -> tuple[str, dict]:
         if revision in self.refs:
@@ -332,7 +338,7 @@ def make_handler(state: HubState):
                 self.rec.kind, self.rec.repo_id, self.rec.name = "file", unquote(m.group(1)), unquote(m.group(3))
             m = re.fullmatch(r"/lfs/(\w+)(?:/part/\d+)?", path)
             if m and method == "PUT":
-                self.rec.kind, self.rec.name = "upload", m.group(1)
+                self.rec.kind, self.rec.name, self.rec.repo_id = "upload", m.group(1), self.lfs_repo()
             with state.lock:
                 state.records.append(self.rec)
                 down = state.down
@@ -409,6 +415,17 @@ def make_handler(state: HubState):
                 return self.lfs_finish(m.group(1), m.group(2), json.loads(self.body()))
             self.error(404, f"no route POST {path}")
 
+        def lfs_repo(self) -> str | None:
+            """The repo an LFS upload URL was issued for (its ?repo= query)."""
+            return (parse_qs(self.path.partition("?")[2]).get("repo") or [None])[-1]
+
+        def stored(self, oid: str) -> None:
+            """Record that the current LFS upload's repo now holds ``oid``."""
+            with state.lock:
+                repo = state.repos.get(self.lfs_repo() or "")
+                if repo is not None:
+                    repo.objects.add(oid)
+
         def route_put(self, path: str):
             m = re.fullmatch(r"/lfs/(\w+)(?:/part/(\d+))?", path)
             if not m:
@@ -426,6 +443,7 @@ def make_handler(state: HubState):
                     if digest.hexdigest() != oid:
                         return self.error(400, "sha256 mismatch")
                     os.replace(tmp, state.blobs / oid)
+                    self.stored(oid)
                     return self.reply(200, {})
                 folder = state.parts / oid
                 folder.mkdir(exist_ok=True)
@@ -490,30 +508,33 @@ def make_handler(state: HubState):
             self.reply(200, {"files": files})
 
         def lfs_batch(self, repo_id: str, req: dict):
-            if self.repo(repo_id, write=True) is None:
+            repo = self.repo(repo_id, write=True)
+            if repo is None:
                 return
+            where = f"?repo={quote(repo_id, safe='')}"
             objects = []
             multipart = False
             for obj in req["objects"]:
                 oid, size = obj["oid"], obj["size"]
-                if (state.blobs / oid).exists():
+                if (state.blobs / oid).exists() and oid in repo.objects:
                     objects.append({"oid": oid, "size": size})  # already there: no action
                     continue
                 if size > state.multipart_threshold and "multipart" in req.get("transfers", []):
                     multipart = True
                     n = -(-size // state.part_size)
                     header = {"chunk_size": str(state.part_size)}
-                    header.update({f"{i + 1:05d}": f"{self.base}/lfs/{oid}/part/{i + 1}" for i in range(n)})
-                    actions = {"upload": {"href": f"{self.base}/lfs/{oid}/complete", "header": header}}
+                    header.update({f"{i + 1:05d}": f"{self.base}/lfs/{oid}/part/{i + 1}{where}" for i in range(n)})
+                    actions = {"upload": {"href": f"{self.base}/lfs/{oid}/complete{where}", "header": header}}
                 else:
-                    actions = {"upload": {"href": f"{self.base}/lfs/{oid}"}}
-                actions["verify"] = {"href": f"{self.base}/lfs/{oid}/verify"}
+                    actions = {"upload": {"href": f"{self.base}/lfs/{oid}{where}"}}
+                actions["verify"] = {"href": f"{self.base}/lfs/{oid}/verify{where}"}
                 objects.append({"oid": oid, "size": size, "authenticated": True, "actions": actions})
             self.reply(200, {"transfer": "multipart" if multipart else "basic", "objects": objects})
 
         def lfs_finish(self, oid: str, what: str, req: dict):
             if what == "verify":
-                if not (state.blobs / oid).exists():
+                repo = state.repos.get(self.lfs_repo() or "")
+                if not (state.blobs / oid).exists() or repo is None or oid not in repo.objects:
                     return self.error(404, "object not uploaded")
                 return self.reply(200, {})
             folder = state.parts / oid
@@ -533,6 +554,7 @@ def make_handler(state: HubState):
                 if digest.hexdigest() != oid:
                     return self.error(400, "multipart upload sha256 mismatch")
                 os.replace(tmp, state.blobs / oid)
+                self.stored(oid)
                 shutil.rmtree(folder, ignore_errors=True)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -556,7 +578,7 @@ def make_handler(state: HubState):
                     if x["key"] == "file":
                         new[v["path"]] = base64.b64decode(v["content"])
                     elif x["key"] == "lfsFile":
-                        if not (state.blobs / v["oid"]).exists():
+                        if not (state.blobs / v["oid"]).exists() or v["oid"] not in repo.objects:
                             return self.error(422, f"LFS object {v['oid']} was never uploaded")
                         new[v["path"]] = (v["oid"], v["size"])
                     elif x["key"] == "deletedFile":
@@ -941,6 +963,7 @@ class LocalHub:
             new[name] = (oid, size)
         with self.state.lock:
             repo = self.state.repos.setdefault(repo_id, Repo(repo_id, private))
+            repo.objects.update(c[0] for c in new.values() if isinstance(c, tuple))
             head_sha, files = repo.head("main")
             sha = repo.add_commit(head_sha, f"seed from {folder.name}", {**files, **new})
             repo.refs["main"] = len(repo.commits) - 1

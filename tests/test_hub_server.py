@@ -327,6 +327,11 @@ def test_preupload_then_one_commit(tmp_path):
         again = CommitOperationAdd("model-00001-of-00002.safetensors", files["model-00001-of-00002.safetensors"])
         api.preupload_lfs_files("me/out", additions=[again])
         assert len(hub.requests(kind="upload")) == 5 and again._is_uploaded
+        # Another repo does not get objects it never received: the same bytes go up again.
+        api.create_repo("me/other")
+        api.preupload_lfs_files("me/other", additions=[CommitOperationAdd("x.safetensors", files[
+            "model-00002-of-00002.safetensors"])])
+        assert [(r.repo_id, r.received) for r in hub.requests(kind="upload")[5:]] == [("me/other", 40_000)]
 
 
 def test_lfs_put_streams_chunked_bodies_and_checks_hashes(tmp_path):
