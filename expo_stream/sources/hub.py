@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import threading
 import time
 from pathlib import Path
@@ -218,7 +219,7 @@ class HubFile:
         self._window = max(window, in_flight + 1)
         self._count = -(-file.size // range_bytes)
         self._cond = threading.Condition()
-        self._ready: dict[int, bytearray] = {}  # range index -> its bytes, fetched
+        self._ready: dict[int, mmap.mmap] = {}  # range index -> its bytes, fetched
         self._consumed: dict[int, int] = {}  # range index -> bytes copied out so far
         self._copying: dict[int, int] = {}  # range index -> readers copying out of it now
         self._hashes = start == 0
@@ -230,7 +231,7 @@ class HubFile:
             self._consumed[first] = start - first * range_bytes
         self._hashing = False
         self._sha = hashlib.sha256()
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._error: BaseException | None = None
         self._closed = False
         self.verified = False
@@ -252,7 +253,9 @@ class HubFile:
                 if self._closed or self._error is not None:
                     return
                 i, self._next = self._next, self._next + 1
-                buf = self._free.pop() if self._free else bytearray(self._range)
+                # An anonymous map of its own, not the heap: unmapped when dropped, so a file
+                # read through gives its memory back to the system at once.
+                buf = self._free.pop() if self._free else mmap.mmap(-1, self._range)
             try:
                 fetch_range(self.file, i * self._range, memoryview(buf)[:self._span(i)], self._url, STATS)
             except BaseException as exc:  # noqa: BLE001 - handed to the reader, who raises it
@@ -270,7 +273,7 @@ class HubFile:
             if hash_now:
                 self._hash_ready()
 
-    def _credit_header(self, first: bytearray) -> None:
+    def _credit_header(self, first: mmap.mmap) -> None:
         """Count the header's bytes as copied out: no reader asks for them (lock held)."""
         end = min(self.size, 8 + int.from_bytes(first[:8], "little")) if self.size >= 8 else self.size
         for j in range(0, -(-end // self._range)):
