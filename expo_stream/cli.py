@@ -166,8 +166,9 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
 
     if out is None and not push_to:
         raise UsageError("give --out DIR, or --push-to ORG/NAME to publish without a local copy")
-    if out is None and executor == "ray":
-        raise UsageError("--executor ray needs --out (a directory every node sees)")
+    if out is None and executor == "ray" and not stream:
+        raise UsageError("--executor ray with --push-to and no --out reads the inputs from the "
+                         "Hub: add --stream (or give --out on storage every node sees)")
     options = make_options(sft, dpo, alpha=alpha, layer_alphas=layer_alphas,
                            non_layer_alpha=non_layer_alpha, recipe=recipe, dtype=dtype,
                            max_shard_size=max_shard_size, copy_unmatched=copy_unmatched,
@@ -183,11 +184,6 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         click.echo(describe_costs(plan, stream=stream, local_copy=out is not None,
                                   threads=threads, chunk_elements=DEFAULT_CHUNK_ELEMENTS))
         return
-    if out is None:
-        _push_streamed(plan, push_to, private, backend, threads, quiet)
-        return
-    for warning in plan.warnings:
-        click.echo(f"warning: {warning}", err=True)
     runner = None
     if executor == "ray":
         from .execute.ray import RayExecutor
@@ -195,6 +191,11 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         runner = RayExecutor(ray_address)
     elif ray_address:
         raise UsageError("--ray-address needs --executor ray")
+    if out is None:
+        _push_streamed(plan, push_to, private, backend, threads, quiet, runner)
+        return
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -240,7 +241,7 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
 
 
 def _push_streamed(plan, repo_id: str, private: bool, backend: str, threads: int,
-                   quiet: bool) -> None:
+                   quiet: bool, executor=None) -> None:
     """``merge --push-to`` without ``--out``: shard by shard to the Hub, one commit."""
     from .execute.merge import push_plan
 
@@ -271,7 +272,8 @@ def _push_streamed(plan, repo_id: str, private: bool, backend: str, threads: int
 
         with logging_redirect_tqdm() if bar is not None else contextlib.nullcontext():
             result = push_plan(plan, repo_id, private=private, backend=backend, threads=threads,
-                               progress=progress, command=_command_line(("--threads",)))
+                               progress=progress, executor=executor,
+                               command=_command_line(("--threads", "--executor", "--ray-address")))
     finally:
         if bar is not None:
             bar.close()

@@ -86,8 +86,8 @@ class RayExecutor:
                                  "storage every node shares")
             # Each streamed input's sha256 is checked by a task of its own, alongside.
             streamed = [f for ck in (plan.sft, plan.dpo) for f in ck.files if f.source == "hub"]
-            digests = {ray.remote(_check_digest_remote).options(num_cpus=0).remote(f): f
-                       for f in streamed}
+            digests = {ray.remote(_check_digest_remote).options(
+                num_cpus=0, runtime_env=hub_env()).remote(f): f for f in streamed}
             self._run(ray, tasks, min(tasks[0].threads, max(cpus.values())), on_shard_done,
                       progress)
             self._wait_digests(ray, digests)
@@ -104,8 +104,8 @@ class RayExecutor:
         ray = import_ray()
         started = connect(ray, self.address)
         try:
-            self._wait_digests(ray, {ray.remote(_check_digest_remote).options(num_cpus=0)
-                                     .remote(f): f for f in todo})
+            self._wait_digests(ray, {ray.remote(_check_digest_remote).options(
+                num_cpus=0, runtime_env=hub_env()).remote(f): f for f in todo})
         finally:
             if started:
                 ray.shutdown()
@@ -133,7 +133,8 @@ class RayExecutor:
 
         counter = _Progress.options(num_cpus=0).remote() if progress is not None else None
         remote = ray.remote(_compute_remote).options(
-            num_cpus=num_cpus, max_retries=self.max_retries, retry_exceptions=False)
+            num_cpus=num_cpus, max_retries=self.max_retries, retry_exceptions=False,
+            runtime_env=hub_env())
         plan = ray.put(tasks[0].plan)  # shipped once, not once per task
         pending = {remote.remote(plan, replace(t, plan=None), counter): t for t in tasks}
         log.info("%d shard task(s) on Ray, %d CPU(s) each", len(pending), num_cpus)
@@ -191,6 +192,24 @@ def connect(ray, address: str | None) -> bool:
     return True
 
 
+HUB_SETTINGS = ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_DISABLE_XET", "HF_HUB_DOWNLOAD_TIMEOUT",
+                "HF_HUB_ETAG_TIMEOUT")
+
+
+def hub_env() -> dict | None:
+    """The driver's Hub settings for tasks that read or push on the Hub (a worker node's own
+    environment may lack them): endpoint, token (a stored login's too) and timeouts."""
+    env = {k: os.environ[k] for k in HUB_SETTINGS if os.environ.get(k)}
+    if "HF_TOKEN" not in env:
+        try:
+            from huggingface_hub import get_token
+        except ImportError:
+            return {"env_vars": env} if env else None
+        if token := get_token():
+            env["HF_TOKEN"] = token
+    return {"env_vars": env} if env else None
+
+
 def import_ray():
     try:
         import ray
@@ -215,8 +234,9 @@ def _check_shared(ray, task: ShardTask, nodes: list[str]) -> None:
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    inputs = {f.id: f.size for ck in (task.plan.sft, task.plan.dpo) for f in ck.files
-              if f.source == "local"}
+    # As the driver sees them now: a file that changed since planning is the executor's to name.
+    inputs = {f.id: os.stat(f.id).st_size for ck in (task.plan.sft, task.plan.dpo)
+              for f in ck.files if f.source == "local"}
     probe = ray.remote(_probe_remote)
     refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
         node, soft=False)).remote(str(task.staging), node, inputs) for node in nodes]

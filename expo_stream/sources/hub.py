@@ -217,18 +217,18 @@ class HubFile:
         self._url = _url(file)
         self._range = range_bytes
         self._window = max(window, in_flight + 1)
-        self._count = -(-file.size // range_bytes)
         self._cond = threading.Condition()
         self._ready: dict[int, mmap.mmap] = {}  # range index -> its bytes, fetched
         self._consumed: dict[int, int] = {}  # range index -> bytes copied out so far
         self._copying: dict[int, int] = {}  # range index -> readers copying out of it now
         self._hashes = start == 0
-        first = start // range_bytes
-        self._next = first  # next range to fetch
-        self._low = first  # ranges below this were dropped
-        self._hashed = first  # ranges hashed (or, not hashing, passed on), in order
-        if start % range_bytes:  # the bytes before ``start`` in its range: nobody reads them
-            self._consumed[first] = start - first * range_bytes
+        # Range i holds bytes [base + i * range_bytes, ...): a stream from ``start`` fetches
+        # nothing before it.
+        self._base = start
+        self._count = -(-(file.size - start) // range_bytes)
+        self._next = 0  # next range to fetch
+        self._low = 0  # ranges below this were dropped
+        self._hashed = 0  # ranges hashed (or, not hashing, passed on), in order
         self._hashing = False
         self._sha = hashlib.sha256()
         self._free: list[mmap.mmap] = []
@@ -241,7 +241,7 @@ class HubFile:
             w.start()
 
     def _span(self, i: int) -> int:
-        return min(self._range, self.size - i * self._range)
+        return min(self._range, self.size - self._base - i * self._range)
 
     # -- the fetchers ---------------------------------------------------------------------
     def _fetch_loop(self) -> None:
@@ -257,7 +257,8 @@ class HubFile:
                 # read through gives its memory back to the system at once.
                 buf = self._free.pop() if self._free else mmap.mmap(-1, self._range)
             try:
-                fetch_range(self.file, i * self._range, memoryview(buf)[:self._span(i)], self._url, STATS)
+                fetch_range(self.file, self._base + i * self._range, memoryview(buf)[:self._span(i)],
+                            self._url, STATS)
             except BaseException as exc:  # noqa: BLE001 - handed to the reader, who raises it
                 with self._cond:
                     self._error = self._error or exc
@@ -335,10 +336,17 @@ class HubFile:
                               "were asked for")
         pos = offset
         while pos < end:
-            i = pos // self._range
-            hi = min(end, (i + 1) * self._range)
+            if pos < self._base:  # before where this stream begins: on its own
+                hi = min(end, self._base)
+                fetch_range(self.file, pos, view[pos - offset:hi - offset], self._url, None)
+                STATS.add(hi - pos, refetch=True)
+                pos = hi
+                continue
+            i = (pos - self._base) // self._range
+            lo = self._base + i * self._range
+            hi = min(end, lo + self._range)
             part = view[pos - offset:hi - offset]
-            if not self._copy_from_window(i, pos - i * self._range, part):
+            if not self._copy_from_window(i, pos - lo, part):
                 fetch_range(self.file, pos, part, self._url, None)  # behind the window: on its own
                 STATS.add(len(part), refetch=True)
             pos = hi

@@ -143,3 +143,41 @@ def test_output_the_nodes_do_not_share_is_refused(cluster, pair, tmp_path):
     run = subprocess.run(merge, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert (shared / "out" / "model.safetensors").is_file()
+
+
+def test_hub_to_hub_on_ray_shares_no_storage(cluster, tmp_path):
+    """Tasks range-read their part of the inputs from the Hub, compute and pre-upload their shard
+    in a directory of their own; the driver only commits (issue 17)."""
+    import hashlib
+
+    from ..hub_server import TOKEN, LocalHub
+
+    sft, dpo, _, _ = tiny_pair(tmp_path / "pair", sft_shard=5000, dpo_shard=3000)
+    with LocalHub(tmp_path / "hub") as hub:
+        hub.add_repo("me/sft", sft)
+        hub.add_repo("me/dpo", dpo)
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_TOKEN=TOKEN,
+                   HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1")
+        run = subprocess.run([sys.executable, "-m", "expo_stream.cli", "merge", "--sft", "me/sft",
+                              "--dpo", "me/dpo", "--alpha", "0.3", "--stream", "--push-to",
+                              "me/out", "--max-shard-size", f"{SHARD}B", "--executor", "ray",
+                              "--ray-address", cluster.address, "--quiet"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        merged(pair=(sft, dpo), out=tmp_path / "local", alpha="0.3")
+        local = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in (tmp_path / "local").iterdir() if p.name.endswith((".safetensors", ".json"))
+                 and not p.name.startswith((".", "expo_"))}
+        pushed = {k: v["sha256"] for k, v in hub.manifest("me/out").items() if k in local}
+        assert len(local) >= 5 and pushed == local
+        assert len(hub.state.repos["me/out"].commits) == 2  # one commit
+        # Every input streamed once to check its sha256, besides the tasks' own range reads.
+        for name in ("model.safetensors", "model-00001-of-00002.safetensors"):
+            whole = [q for q in hub.requests(name=name) if q.range and q.range.startswith("bytes=0-")
+                     and q.sent > 1000]
+            assert len(whole) >= 1
+        # Tasks read their own part: streams of the one SFT file that begin past its header.
+        parts = [q for q in hub.requests(name="model.safetensors", method="GET")
+                 if q.range and not q.range.startswith(("bytes=0-", "bytes=8-")) and q.sent > 200]
+        assert len(parts) >= 2, [(q.range, q.sent) for q in hub.requests(name="model.safetensors")]
+        assert not list((tmp_path / "hf" / "expo-stream" / "pushes").iterdir())

@@ -87,3 +87,21 @@ def test_a_file_read_through_holds_no_buffers(served):
         assert not stream._ready and not stream._free
     finally:
         stream.shutdown()
+
+
+def test_a_stream_from_an_offset_fetches_nothing_before_it(served):
+    hub, file, data = served
+    stream = source.HubFile(file, range_bytes=256, in_flight=2, window=3, start=3000)
+    try:
+        assert read(stream, 3000, 1500) == data[3000:4500]
+        assert read(stream, 2900, 150) == data[2900:3050]  # behind its start: a read of its own
+    finally:
+        stream.shutdown()
+    ranges = [q.range for q in hub.requests(name="blob.safetensors")]
+    assert ranges[0] == "bytes=3000-3255" and "bytes=2900-2999" in ranges
+    unhashed = source.HubFile(file, start=3000)
+    try:
+        with pytest.raises(ValueError):  # it saw no byte before 3000: it cannot check the digest
+            unhashed.finish()
+    finally:
+        unhashed.shutdown()
