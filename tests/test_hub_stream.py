@@ -172,6 +172,11 @@ def test_a_killed_push_resumes_without_recomputing_or_reuploading(tmp_path):
         _killed_push_resumes(hub, tmp_path)
 
 
+def confirmed(record: Path) -> int:
+    """Shards an interrupted push recorded as uploaded with every input's digest checked."""
+    return sum(v["confirmed"] for v in json.loads(record.read_text())["shards"].values())
+
+
 def _killed_push_resumes(hub, tmp_path):
     sft, dpo, _ = seeded(hub, tmp_path, sft_shard=None)
     env = env_for(hub, tmp_path)
@@ -183,13 +188,13 @@ def _killed_push_resumes(hub, tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         record = next(Path(env["HF_HOME"]).glob("expo-stream/pushes/*/uploaded.json"), None)
-        if record is not None and len(json.loads(record.read_text())["shards"]) >= 2:
+        if record is not None and confirmed(record) >= 2:
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = {q.name for q in hub.requests(kind="upload") if q.status == 200}
-    done = len(json.loads(record.read_text())["shards"])
+    done = confirmed(record)
     assert 2 <= done and len(hub.state.repos["me/out"].commits) == 1
     hub.state.upload = None  # full speed for the rest
     before = len(hub.requests(kind="upload"))
@@ -294,3 +299,29 @@ def test_a_pushed_local_merge_names_its_inputs_by_directory_and_sha256(hub, tmp_
     assert str(tmp_path) not in json.dumps(pushed_recipe) and "command" not in pushed_recipe
     # The local copy keeps where its inputs are, so `verify` can recompute from them.
     assert json.loads((out / "expo_recipe.json").read_text())["sft"] == str(sft.resolve())
+
+
+def test_shards_uploaded_before_a_corrupt_input_is_found_are_computed_again(hub, tmp_path):
+    # An SFT file of 10 stream ranges (8 MiB each) with one byte flipped in its last tensor:
+    # shards read from its start are uploaded before the digest fails at its end. They must
+    # not be kept by the next run, which reads the file intact.
+    config = {"hidden_size": 1024, "intermediate_size": 2048, "num_hidden_layers": 4,
+              "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 8192,
+              "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    sft, dpo, _ = seeded(hub, tmp_path, config=config, sft_shard=None, dpo_shard=None)
+    size = hub.manifest("me/sft")["model.safetensors"]["size"]
+    assert size > 10 * 8 * 2**20 * 0.9
+    hub.corrupt("me/sft", "model.safetensors", size - 100)
+    env = env_for(hub, tmp_path)
+    common = ["--alpha", "0.3", "--max-shard-size", "8MB"]
+    r = cli(env, "merge", "--sft", "me/sft", "--dpo", "me/dpo", "--stream", "--push-to",
+            "me/out", "--quiet", *common, check=False)
+    assert r.returncode != 0 and "sha256" in r.stderr
+    record = next(Path(env["HF_HOME"]).glob("expo-stream/pushes/*/uploaded.json"))
+    uploaded = json.loads(record.read_text())["shards"]
+    assert uploaded and not any(v["confirmed"] for v in uploaded.values())
+    hub.clear_faults()
+    r = cli(env, "merge", "--sft", "me/sft", "--dpo", "me/dpo", "--stream", "--push-to",
+            "me/out", "--quiet", *common)
+    assert "0 shard(s) kept from an earlier run" in r.stdout
+    assert pushed(hub, "me/out") == local_merge(sft, dpo, tmp_path / "local", *common)

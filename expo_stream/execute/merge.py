@@ -251,6 +251,10 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
     sink = LocalSink(plan, staging, subdirs)
     try:
         kept = sink.completed()
+        if kept and any(f.source != "local" for f in plan.sft.files + plan.dpo.files):
+            # Their inputs' digests were checked only at the end of the run that wrote them.
+            log.info("inputs are streamed: recomputing the shards an interrupted run left")
+            kept = set()
         todo = [s.index for s in plan.shards if s.index not in kept]
         log.info("%d shard(s) kept from an interrupted run, %d to write", len(kept), len(todo))
         if progress is not None and kept:
@@ -316,20 +320,21 @@ def push_plan(plan: Plan, repo_id: str, *, private: bool = False, backend: str =
     work.mkdir(parents=True, exist_ok=True)
     staging = Staging(work / "model", _local_inputs(plan.options))
     subdirs = _subdirs(plan)
+    executor = executor or ThreadedExecutor()
     try:
         sink = HubSink(plan, staging, subdirs, repo_id, private=private,
-                       check=lambda index, paths: check_shard(plan, index, paths, backend))
+                       check=lambda index, paths: check_shard(plan, index, paths, backend),
+                       verified=executor.verified)
         kept = sink.completed()
         todo = [s.index for s in plan.shards if s.index not in kept]
         log.info("%d shard(s) already on the Hub from an interrupted run, %d to write",
                  len(kept), len(todo))
         if progress is not None and kept:
             progress(sum(plan.shards[i].data_bytes for i in kept) * len(subdirs))
-        remote = executor is not None and not isinstance(executor, ThreadedExecutor)
+        remote = not isinstance(executor, ThreadedExecutor)
         tasks = [ShardTask(plan, i, staging.path, tuple(subdirs), backend, threads, chunk_elements,
                            upload_to=repo_id if remote else None)
                  for i in todo]
-        executor = executor or ThreadedExecutor()
         executor.run(tasks, sink.shard_done, progress)
         sink.wait()
         executor.check_inputs(plan.sft.files + plan.dpo.files)  # every sha256, before the commit

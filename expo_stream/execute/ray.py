@@ -95,6 +95,9 @@ class RayExecutor:
             if started:
                 ray.shutdown()
 
+    def verified(self, file) -> bool:
+        return file.source != "hub" or file in self._checked
+
     def check_inputs(self, files) -> None:
         """Check the streamed inputs a run's tasks did not check (a resumed run with no shard
         left to compute), each in a Ray task."""

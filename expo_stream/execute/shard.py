@@ -127,3 +127,6 @@ class Executor(Protocol):
 
     def check_inputs(self, files: Sequence[InputFile]) -> None:
         """Check every streamed input's digest before the output is published (raises)."""
+
+    def verified(self, file: InputFile) -> bool:
+        """Whether ``file``'s digest has been checked (always, for a local file)."""

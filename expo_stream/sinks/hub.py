@@ -50,21 +50,25 @@ class HubSink:
         subdirs: one subdirectory per schedule (``"."`` for one): the same paths in the repo.
         repo_id: the repo to publish to (created if needed, ``private`` then).
         check: ``check(index, paths)`` raises when a computed shard is wrong (verify's checks).
+        verified: ``verified(file)`` tells whether an input's digest has been checked. A shard
+            uploaded before all of its inputs were is recorded as unconfirmed, and a resumed run
+            computes it again: it may rest on bytes that later proved corrupt.
     """
 
     def __init__(self, plan: Plan, staging: Staging, subdirs: list[str], repo_id: str, *,
-                 private: bool = False, check=None):
+                 private: bool = False, check=None, verified=lambda file: True):
         from huggingface_hub import HfApi, constants
 
         if constants.HF_HUB_OFFLINE:
             raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; pushing needs the Hub (unset it)")
         quiet_progress()  # the merge's own bar shows the work
         self.plan, self.staging, self.subdirs = plan, staging, list(subdirs)
-        self.repo_id, self.check = repo_id, check
+        self.repo_id, self.check, self.verified = repo_id, check, verified
         self.local = LocalSink(plan, staging, subdirs)
         self.api = HfApi(endpoint=endpoint())
         self.record_path = staging.path.parent / UPLOADED_NAME
         self.uploaded: dict[str, dict] = {}  # path in repo -> {"sha256", "size"}
+        self.confirmed: set[int] = set()  # shards whose every input's digest has been checked
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.uploaded_bytes = 0
@@ -85,15 +89,17 @@ class HubSink:
         if record.get("fingerprint") != self.local.fingerprint:
             return set()
         listed = {k: v for k, v in record.get("shards", {}).items()
-                  if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
+                  if isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                  and v.get("confirmed") is True}
         present = self._objects_present(listed)
         kept = set()
         for shard in self.plan.shards:
             paths = [self._in_repo(sub, shard.filename) for sub in self.subdirs]
             if all(p in listed and listed[p]["sha256"] in present for p in paths):
                 kept.add(shard.index)
+                self.confirmed.add(shard.index)
                 for p in paths:
-                    self.uploaded[p] = listed[p]
+                    self.uploaded[p] = {"sha256": listed[p]["sha256"], "size": listed[p]["size"]}
         return kept
 
     def _objects_present(self, listed: dict[str, dict]) -> set[str]:
@@ -113,6 +119,7 @@ class HubSink:
         """Hand a computed shard to the uploader (after the previous one is uploaded); a shard
         that its task uploaded itself (records carrying ``uploaded``) is only recorded."""
         self.wait()
+        self._confirm()
         if all("uploaded" in r for r in records):
             shard = self.plan.shards[index]
             for sub, record in zip(self.subdirs, records):
@@ -144,14 +151,28 @@ class HubSink:
             for sub, done in zip(self.subdirs, uploaded):
                 self.uploaded[self._in_repo(sub, shard.filename)] = done
                 self.uploaded_bytes += done["size"]
-            self._save_record()
+            self._confirm()  # records the upload (the driver is waiting on this thread or busy)
         except BaseException as exc:  # noqa: BLE001 - raised in the driver by wait()
             self._error = exc
 
+    def _confirm(self) -> None:
+        """Mark the uploaded shards whose inputs have all had their digests checked."""
+        done = {s.index for s in self.plan.shards
+                if all(self._in_repo(sub, s.filename) in self.uploaded for sub in self.subdirs)}
+        for index in done - self.confirmed:
+            files = {info.file for t in self.plan.shards[index].tensors
+                     for info in (t.dpo, t.sft) if info is not None}
+            if all(self.verified(f) for f in files):
+                self.confirmed.add(index)
+        self._save_record()
+
     def _save_record(self) -> None:
+        confirmed = {self._in_repo(sub, self.plan.shards[i].filename)
+                     for i in self.confirmed for sub in self.subdirs}
+        shards = {k: {**v, "confirmed": k in confirmed} for k, v in self.uploaded.items()}
         tmp = self.record_path.with_name(f"{UPLOADED_NAME}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"fingerprint": self.local.fingerprint, "repo": self.repo_id,
-                                   "shards": self.uploaded}, indent=1), encoding="utf-8")
+                                   "shards": shards}, indent=1), encoding="utf-8")
         os.replace(tmp, self.record_path)
 
     def commit(self, message: str) -> str:
@@ -161,6 +182,7 @@ class HubSink:
             The commit URL.
         """
         self.wait()
+        self._confirm()
         ops = [_uploaded(path, **v) for path, v in self.uploaded.items()]
         shard_names = {s.filename for s in self.plan.shards}
         for sub in self.subdirs:

@@ -434,6 +434,12 @@ class Streams:
                 f = self._files[file] = HubFile(file, start=self._starts.get(file, 0))
             return f
 
+    def verified(self, file: InputFile) -> bool:
+        """Whether this process has streamed ``file`` end to end and found its sha256 right."""
+        with self._lock:
+            f = self._files.get(file)
+        return f is not None and f.verified
+
     def finish(self, files) -> None:
         """Stream what remains of ``files`` (opening those no task read) and check each digest."""
         for file in files:
