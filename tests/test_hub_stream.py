@@ -208,10 +208,10 @@ def _killed_push_resumes(hub, tmp_path):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 4 MiB tmpfs (needs root to mount; skipped where that is refused)."""
+    """A 16 MiB tmpfs (needs root to mount; skipped where that is refused)."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
                                             str(mount)], capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs needs root")
     try:
@@ -221,16 +221,17 @@ def small_tmpfs(tmp_path):
 
 
 def test_hub_to_hub_fits_in_a_tmpfs_smaller_than_either_input(hub, tmp_path, small_tmpfs):
-    config = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048,
+    # The issue's command: 5 MB shards, inputs of 42 MB each, 16 MiB of disk in all.
+    config = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4,
+              "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 8192,
               "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
-    sft, dpo, _ = seeded(hub, tmp_path, config=config, sft_shard=None, dpo_shard=3_000_000)
+    sft, dpo, _ = seeded(hub, tmp_path, config=config, sft_shard=None, dpo_shard=12_000_000)
     sizes = [sum(p.stat().st_size for p in d.glob("*.safetensors")) for d in (sft, dpo)]
-    assert min(sizes) > 1.5 * 4 * 2**20  # each input is well beyond the 4 MiB the run may use
+    assert min(sizes) > 2 * 16 * 2**20  # each input is over twice the disk the run may use
     env = dict(env_for(hub, tmp_path), HF_HOME=str(small_tmpfs / "hf"),
                TMPDIR=str(small_tmpfs / "tmp"))
     (small_tmpfs / "tmp").mkdir()
-    common = ["--sft", "me/sft", "--dpo", "me/dpo", "--alpha", "0.3", "--max-shard-size", "1MB",
+    common = ["--sft", "me/sft", "--dpo", "me/dpo", "--alpha", "0.3", "--max-shard-size", "5MB",
               "--quiet"]
 
     def run(*args):
@@ -240,7 +241,7 @@ def test_hub_to_hub_fits_in_a_tmpfs_smaller_than_either_input(hub, tmp_path, sma
     r = run("--stream", "--push-to", "me/out")
     assert r.returncode == 0, r.stderr
     assert pushed(hub, "me/out") == local_merge(sft, dpo, tmp_path / "local", "--alpha", "0.3",
-                                                "--max-shard-size", "1MB")
+                                                "--max-shard-size", "5MB")
     # Downloading first needs room for both inputs: it fails at once, in one line.
     r = run("--out", "merged", "--push-to", "me/out-first")
     assert r.returncode != 0
