@@ -233,7 +233,7 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
     for path in result.outputs:
         click.echo(f"wrote {path}")
     if push_to:
-        from .hub import push as hub_push
+        from .execute.push import push as hub_push
 
         if len(result.outputs) != 1:
             raise UsageError("--push-to takes one model; push each alpha-* directory with `push`")
@@ -309,7 +309,7 @@ def push(out: Path, repo: str, private: bool, revision: str | None, create_pr: b
     Creates the repo if needed, uploads the folder (large shards through the LFS protocol, or
     Xet where hf_xet is installed) and prints the commit URL.
     """
-    from .hub import push as hub_push
+    from .execute.push import push as hub_push
 
     click.echo(hub_push(out, repo, private=private, revision=revision, create_pr=create_pr,
                         commit_message=commit_message))

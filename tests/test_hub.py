@@ -157,7 +157,7 @@ def test_private_repo_needs_a_token(hub, tmp_path):
 
 
 def test_stale_parent_commit_is_a_clear_error(hub, tmp_path, monkeypatch):
-    from expo_stream import hub as expo_hub
+    from expo_stream.execute.push import push
     from expo_stream.hub import HubError
 
     sft, dpo, _, _ = tiny_pair(tmp_path)
@@ -166,7 +166,7 @@ def test_stale_parent_commit_is_a_clear_error(hub, tmp_path, monkeypatch):
     expo_stream.merge(sft, dpo, tmp_path / "out", alpha=0.3)
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    expo_hub.push(tmp_path / "out", "me/m", token=TOKEN)
+    push(tmp_path / "out", "me/m", token=TOKEN)
     first = HfApi(endpoint=hub.endpoint, token=TOKEN).repo_info("me/m").sha
     # Someone else commits after our push read the head: our commit's parent is now stale.
     real = HfApi.repo_info
@@ -179,7 +179,7 @@ def test_stale_parent_commit_is_a_clear_error(hub, tmp_path, monkeypatch):
 
     monkeypatch.setattr(HfApi, "repo_info", stale)
     with pytest.raises(HubError, match="the branch moved meanwhile; run the command again"):
-        expo_hub.push(tmp_path / "out", "me/m", token=TOKEN, commit_message="again")
+        push(tmp_path / "out", "me/m", token=TOKEN, commit_message="again")
     assert first != real(HfApi(endpoint=hub.endpoint, token=TOKEN), "me/m").sha
 
 

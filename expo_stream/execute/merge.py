@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -13,6 +12,8 @@ from ..card import model_card_text
 from ..errors import ExpoStreamError, OutputError, PlanError, UsageError, os_problem
 from ..format.checkpoint import INDEX_NAME, SIDE_FILES, open_checkpoint
 from ..format.dtypes import TORCH_NAMES
+from ..format.files import InputFile
+from ..format.recipe import RECIPE_NAME
 from ..format.writer import Staging
 from ..kernels import describe_backend, resolve_backend
 from ..plan.options import (
@@ -20,17 +21,14 @@ from ..plan.options import (
     read_recipe,
 )
 from ..plan.planner import Plan, build_plan
-from ..version import __version__
 from ..sinks.local import LocalSink
 from ..sources import close_inputs, open_once
-from ..format.files import InputFile
+from ..version import __version__
 from .executor import DEFAULT_CHUNK_ELEMENTS, DEFAULT_THREADS
 from .shard import Executor, ShardTask
 from .threads import ThreadedExecutor
 
 log = logging.getLogger(__name__)
-
-RECIPE_NAME = "expo_recipe.json"
 
 
 @dataclass(frozen=True, repr=False)
@@ -437,36 +435,6 @@ def _recipe_input(checkpoint, location: Path) -> str:
     if cached.parent.name == "snapshots" and cached.parent.parent.name.startswith("models--"):
         return f"{cached.parent.parent.name[len('models--'):].replace('--', '/')}@{cached.name}"
     return str(cached)
-
-
-def publishable_recipe(recipe: dict) -> dict:
-    """The recipe as it may leave this machine: a local input becomes its directory's name and
-    the sha256 of each of its files (``sft_sha256``), never a path.
-
-    Hub inputs (``org/name@commit``) stay as they are. Hashing reads the local inputs once;
-    it runs when a model is pushed, not when it is merged.
-    """
-    from ..hub import REPO_ID
-
-    out = dict(recipe)
-    for key in ("sft", "dpo"):
-        location = recipe.get(key)
-        if not isinstance(location, str) or REPO_ID.match(location) or not Path(location).exists():
-            continue
-        root = Path(location)
-        files = [root] if root.is_file() else sorted(
-            p for p in root.iterdir() if p.suffix == ".safetensors" or p.name == INDEX_NAME)
-        out[key] = root.name
-        out[f"{key}_sha256"] = {p.name: _sha256(p) for p in files}
-    return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolved_recipe(plan: Plan, which: int, backend: str) -> dict:

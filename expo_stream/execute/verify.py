@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, UsageError
-from ..hub import HubError
-from ..sources import open_once
 from ..format.checkpoint import open_checkpoint
 from ..format.dtypes import NUMPY_DTYPES
-from ..format.manifest import MANIFEST_NAME, check_file, differing_ranges, read_manifest
 from ..format.files import InputFile
+from ..format.manifest import MANIFEST_NAME, check_file, differing_ranges, read_manifest
+from ..format.recipe import RECIPE_NAME
 from ..format.safetensors import MappedFile, TensorInfo
+from ..hub import HubError
 from ..kernels import apply, load_backend, resolve_backend
+from ..sources import open_once
 from .executor import DEFAULT_CHUNK_ELEMENTS
-from .merge import RECIPE_NAME
 
 
 

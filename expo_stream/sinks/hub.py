@@ -22,8 +22,9 @@ from pathlib import Path
 
 from ..errors import OutputError
 from ..format.manifest import check_file
-from ..format.writer import Staging
-from ..hub import HubError, endpoint, folder_operations, hub_errors
+from ..format.recipe import RECIPE_NAME, publishable_recipe
+from ..format.writer import WRITTEN_LIST, Staging
+from ..hub import HubError, endpoint, hub_errors
 from ..plan.planner import Plan
 from ..sources.hub import quiet_progress
 from .local import LocalSink, plan_fingerprint
@@ -238,3 +239,49 @@ def _uploaded(path_in_repo: str, sha256: str, size: int):
     op._upload_mode = "lfs"
     op._is_uploaded = True
     return op
+
+
+def upload_folder(folder: Path, repo_id: str, *, private: bool = False,
+                  revision: str | None = None, create_pr: bool = False,
+                  commit_message: str | None = None, token: str | None = None) -> str:
+    """Publish an output ``folder`` as one commit on ``repo_id`` (created if needed).
+
+    Returns:
+        The commit URL (or the pull request URL with ``create_pr``).
+
+    Raises:
+        HubError: offline, or the Hub refused (no token for a private repo, a moved branch...).
+    """
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; pushing needs the Hub (unset it)")
+    api = HfApi(endpoint=endpoint(), token=token)
+    with hub_errors(repo_id):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        head = api.repo_info(repo_id, revision=revision).sha
+        info = api.create_commit(
+            repo_id, operations=folder_operations(folder), revision=revision, create_pr=create_pr,
+            commit_message=commit_message or f"Upload {folder.name} (expo-stream)",
+            parent_commit=head,
+        )
+    return info.pr_url if create_pr and info.pr_url else info.commit_url
+
+
+def folder_operations(folder: Path, skip: set[str] = frozenset()) -> list:
+    """One commit operation per file of an output ``folder`` (names in ``skip`` and the local
+    list of written files left out); its recipe as :func:`publishable_recipe` gives it."""
+    from huggingface_hub import CommitOperationAdd
+
+    ops = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name == WRITTEN_LIST or path.name in skip:
+            continue
+        content = str(path)
+        if path.name == RECIPE_NAME:
+            recipe = publishable_recipe(json.loads(path.read_text(encoding="utf-8")))
+            content = (json.dumps(recipe, indent=2) + "\n").encode("utf-8")
+        ops.append(CommitOperationAdd(path.relative_to(folder).as_posix(), content))
+    return ops
