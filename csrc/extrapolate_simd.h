@@ -530,12 +530,15 @@ EXPO_INLINE vu32 round_out(vf x) {
 // bound proves it (docs/arithmetic.md, "Stage 1"): with δ = fl(d - s) exact (TwoSum error 0),
 // p = fl(a32 δ) and e_p = a32 δ - p (one fused multiply-add, exact), r = fl(d + p) and
 // e_r = d + p - r (TwoSum, exact), the exact value is x = r + t with t = e_r + e_p + alo δ, and
-// |t| <= T = fl(fl(fl(|e_r| + |e_p|) + fl(A|δ|)) (1 + 2^-18)) + 2^-126. Where T <= 2^-14|r|,
-// the interval [r - T, r + T] lies inside [fl(r - U), fl(r + U)] with U = fl(T + 2^-22|r|); where
-// both ends of that round to the same bits, so does x (rounding is monotonic), and those bits
-// are RN(fl(r - U)). Where α is a float32, e_p = e_r = 0 and |p| >= 2^-101, x = r: U = 0 and the answer is
-// RN(r), ties included. Everything else is left undecided: zeros, |r| < 2^-112, inf, NaN, an
-// overflow, an inexact δ, results next to a midpoint.
+// |t| <= T = fl(fl(fl(|e_r| + |e_p|) + fl(A|δ|)) (1 + 2^-18)) + 2^-126. Where T <= 2^-14|r|:
+// BF16 output: where |r - m| > T, m the midpoint of r's BF16 cell (r's bits with the low half
+// replaced by 0x8000; r - m is exact), x lies on r's side of m, within a quarter quantum of r's
+// cell, and rounds as r does: the answer is RN(r). F16 output: the interval [r - T, r + T] lies
+// inside [fl(r - U), fl(r + U)] with U = fl(T + 2^-22|r|); where both ends of that round to the
+// same bits, so does x (rounding is monotonic), and those bits are RN(fl(r - U)). Where α is a
+// float32, e_p = e_r = 0 and |p| >= 2^-101, x = r: the answer is RN(r), ties included.
+// Everything else is left undecided: zeros, |r| < 2^-112, inf, NaN, an overflow, an inexact δ,
+// results next to a midpoint.
 // kAlphaExact: α is a float32 (alo = 0, A = 0), a property of the call; compiled both ways so
 // that neither pays for the other's terms.
 template <int OUT, bool kAlphaExact>
@@ -563,17 +566,24 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32& decided) {
   // Also excludes |r| < 2^-112 (t >= 2^-126: no subnormal r, r +- u, and no zero) and, through
   // a NaN t, every overflow of r or of an error term.
   usable &= t <= 0x1p-14f * mag;
-  vf u = kFused ? fma32(mag, splat_f(0x1p-22f), t) : t + 0x1p-22f * mag;
-  // x = r exactly: U = 0. |p| >= 2^-101: a32 δ has at most 48 significant bits, so its error is
-  // a multiple of 2^-149 and a zero e_p is a zero error, not an underflow.
-  if constexpr (kAlphaExact) {
-    vi32 exact = (known == 0.0f) & (abs32(p) >= 0x1p-101f);
+  // x = r exactly. |p| >= 2^-101: a32 δ has at most 48 significant bits, so its error is a
+  // multiple of 2^-149 and a zero e_p is a zero error, not an underflow.
+  vi32 exact = {};
+  if constexpr (kAlphaExact) exact = (known == 0.0f) & (abs32(p) >= 0x1p-101f);
+  if constexpr (OUT == BF16) {
+    // One comparison with the cell's midpoint instead of rounding both ends of an interval.
+    // r is normal (|r| > 2^-113), so m has r's sign and binade and r - m is exact.
+    vf mid = (vf)(((vu32)r & 0xffff0000u) | 0x8000u);
+    decided = usable & ((vi32)(abs32(r - mid) > t) | exact);
+    return round_out<OUT>(r);
+  } else {
+    vf u = kFused ? fma32(mag, splat_f(0x1p-22f), t) : t + 0x1p-22f * mag;
     u = (vf)((vi32)u & ~exact);
+    vu32 low = round_out<OUT>(r - u);
+    vu32 high = round_out<OUT>(r + u);
+    decided = usable & (vi32)(low == high);
+    return low;
   }
-  vu32 low = round_out<OUT>(r - u);
-  vu32 high = round_out<OUT>(r + u);
-  decided = usable & (vi32)(low == high);
-  return low;
 }
 
 // ---- loads and stores ------------------------------------------------------------------------
@@ -583,7 +593,9 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32& decided) {
 // some ten instructions a register of stage 1 on AVX-512.
 EXPO_INLINE vu32 load_widen16(const uint16_t* p) {
 #if EXPO_VBYTES == 64
-  return (vu32)_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  // The zero-masked form: the plain one trips GCC 12's -Wmaybe-uninitialized in its own header.
+  return (vu32)_mm512_maskz_cvtepu16_epi32(
+      0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 #elif EXPO_VBYTES == 32
   return (vu32)_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #else
