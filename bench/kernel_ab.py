@@ -2,10 +2,13 @@
 
     git worktree add /tmp/kold <old-commit> && (cd /tmp/kold && python setup.py build_ext --inplace)
     python bench/kernel_ab.py --old /tmp/kold --new . [--elements 33554432 --rounds 3]
+        [--shape dense] [--level avx2] [--alphas 0.1,0.3]
 
 Each round times every α in a fresh child process per build (PYTHONPATH set to that tree),
 alternating old/new so that drift on a shared machine hits both; the best of the rounds counts.
-Checkpoint-like BF16 data as in bench/kernels.py (DPO = SFT + small noise, BF16 out). Prints a
+Checkpoint-like BF16 data by default (DPO = SFT + small noise, BF16 out); --shape dense is
+bench/kernels.py's dense noise (DPO and SFT independent), its slowest case. --level forces a SIMD
+level in both builds (EXPO_STREAM_SIMD). Prints a
 Markdown table of output GB/s per core and the new/old ratio, and checks the two builds' bits
 are identical.
 """
@@ -25,11 +28,15 @@ CHILD = r"""
 import hashlib, json, sys, time
 import ml_dtypes, numpy as np
 from expo_stream.kernels import load_backend, describe_backend
-n, alphas = int(sys.argv[1]), [float(a) for a in sys.argv[2].split(",")]
+n, alphas, shape = int(sys.argv[1]), [float(a) for a in sys.argv[2].split(",")], sys.argv[3]
 rng = np.random.default_rng(0)
-base = rng.standard_normal(n, dtype=np.float32) * 0.02
-sft = base.astype(ml_dtypes.bfloat16)
-dpo = (base + rng.standard_normal(n, dtype=np.float32) * 2e-4).astype(ml_dtypes.bfloat16)
+if shape == "dense":  # as bench/kernels.py
+    dpo = (rng.standard_normal(n) * 0.05).astype(ml_dtypes.bfloat16)
+    sft = (rng.standard_normal(n) * 0.05).astype(ml_dtypes.bfloat16)
+else:
+    base = rng.standard_normal(n, dtype=np.float32) * 0.02
+    sft = base.astype(ml_dtypes.bfloat16)
+    dpo = (base + rng.standard_normal(n, dtype=np.float32) * 2e-4).astype(ml_dtypes.bfloat16)
 out = np.empty(n, ml_dtypes.bfloat16)
 kernel = load_backend("native")
 result = {"backend": describe_backend("native")}
@@ -47,9 +54,11 @@ print(json.dumps(result))
 """
 
 
-def measure(tree: Path, n: int) -> dict:
+def measure(tree: Path, n: int, alphas: list, shape: str, level: str | None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-    res = subprocess.run([sys.executable, "-c", CHILD, str(n), ",".join(map(str, ALPHAS))],
+    if level:
+        env["EXPO_STREAM_SIMD"] = level
+    res = subprocess.run([sys.executable, "-c", CHILD, str(n), ",".join(map(str, alphas)), shape],
                          env=env, check=True, capture_output=True, text=True, cwd="/")
     return json.loads(res.stdout)
 
@@ -60,20 +69,26 @@ def main() -> None:
     ap.add_argument("--new", type=Path, default=Path("."))
     ap.add_argument("--elements", type=int, default=32 * 2**20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--shape", choices=("dpo", "dense"), default="dpo")
+    ap.add_argument("--level", choices=("avx512", "avx2", "baseline"))
+    ap.add_argument("--alphas", default=",".join(map(str, ALPHAS)))
     args = ap.parse_args()
+    alphas = [float(a) for a in args.alphas.split(",")]
     best = {"old": {}, "new": {}}
     for _ in range(args.rounds):
         for label, tree in (("old", args.old), ("new", args.new)):
-            got = measure(tree, args.elements)
-            for a in ALPHAS:
+            got = measure(tree, args.elements, alphas, args.shape, args.level)
+            backend = got["backend"]
+            for a in alphas:
                 prev = best[label].get(a)
                 if prev is None or got[str(a)]["GBps"] > prev["GBps"]:
                     best[label][a] = got[str(a)]
-    print(f"{args.elements:,} checkpoint-like BF16 elements, BF16 out, best of {args.rounds} "
-          f"alternating rounds; old = {args.old}, new = {args.new}\n")
+    data = "dense-noise" if args.shape == "dense" else "checkpoint-like"
+    print(f"{args.elements:,} {data} BF16 elements, BF16 out, best of {args.rounds} "
+          f"alternating rounds; old = {args.old}, new = {args.new}; {backend}\n")
     print("| α | old GB/s per core | new GB/s per core | new / old | same bits |")
     print("| --- | --- | --- | --- | --- |")
-    for a in ALPHAS:
+    for a in alphas:
         o, n = best["old"][a], best["new"][a]
         print(f"| {a:g} | {o['GBps']:.3f} | {n['GBps']:.3f} | {n['GBps'] / o['GBps']:.2f}x | "
               f"{'yes' if o['sha256'] == n['sha256'] else 'NO'} |")

@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "extrapolate.h"
 
@@ -85,9 +86,10 @@ EXPO_INLINE vf fma32(vf a, vf b, vf c) {
 EXPO_INLINE vd fms64(vd a, vd b, vd c) {
   return (vd)_mm512_fmsub_pd((__m512d)a, (__m512d)b, (__m512d)c);
 }
-// Bit i set where lane i of `decided` is 0.
+// Bit i set where lane i of `decided` is 0. A test, not a sign-bit gather of ~decided: GCC
+// then keeps one instruction fewer between stage 1's compare mask and this one.
 EXPO_INLINE unsigned undecided_bits(vi32 decided) {
-  return _mm512_movepi32_mask(~(__m512i)decided);
+  return _mm512_testn_epi32_mask((__m512i)decided, (__m512i)decided);
 }
 // The lanes of v whose bit is set in `bits`, stored contiguously at dst (which has room for a
 // whole register). Compress into a register, then store: a compressing store to memory is slow
@@ -181,19 +183,30 @@ EXPO_INLINE void compress_store(uint32_t* dst, vu32 v, unsigned bits) {
 }
 #endif
 
+// Every lane of the mask m set. One sign-bit gather where the level has it: GCC lowers the
+// portable loop to a lane-by-lane extraction (some 20 instructions on AVX-512).
 EXPO_INLINE bool all64(vi m) {
+#if EXPO_VBYTES == 64
+  return _mm512_movepi64_mask((__m512i)m) == 0xff;
+#elif EXPO_VBYTES == 32
+  return _mm256_movemask_pd((__m256d)m) == 0xf;
+#elif defined(__SSE2__)
+  return _mm_movemask_pd((__m128d)m) == 0x3;
+#else
   int64_t acc = -1;
   for (int i = 0; i < L64; ++i) acc &= m[i];
   return acc != 0;
+#endif
 }
 
 // ---- decoding stored bits to exact doubles --------------------------------------------------
 
-// 2^e for 0 <= e <= 1023, exactly: every doubling is exact. A loop because clang (14 at least)
-// cannot evaluate __builtin_ldexp in a constant expression.
+// 2^e for -1022 <= e <= 1023, exactly: every doubling and halving is exact. A loop because
+// clang (14 at least) cannot evaluate __builtin_ldexp in a constant expression.
 constexpr double pow2(int e) {
   double r = 1.0;
   for (int i = 0; i < e; ++i) r *= 2.0;
+  for (int i = 0; i > e; --i) r *= 0.5;
   return r;
 }
 
@@ -283,6 +296,37 @@ struct Cell {
     vi overflow = ((vi)bits > int64_t{kInf}) | (e > P.emax);  // signed compares: AVX2 has them
     bits = overflow ? splat_u(kInf) : bits;
     return bits | ((vu)negative & kSign);
+  }
+
+  // The magnitudes the cell is computed for: non-zero finite.
+  static EXPO_INLINE vi covers(vd mag) { return (mag != 0.0) & (mag - mag == 0.0); }
+};
+
+// The same for magnitudes in OUT's normal range only, where the quantum is a fixed number of
+// binary64 bits: the cell's ends and midpoint are bit masks of |x|'s binary64 bits, and the
+// output bits its upper bits rebiased (a carry from rounding up moves to the next binade, or from
+// the largest finite value to inf, as rounding does). A few operations instead of Cell's
+// variable shifts. Used for BF16 output only: F16's subnormal range holds common weights.
+template <int OUT>
+struct NormalCell {
+  static constexpr Params P = kParams[OUT];
+  static constexpr int kDrop = 52 - (P.precision - 1);
+  vu steps;
+  vd mid;
+
+  EXPO_INLINE explicit NormalCell(vd mag) {
+    vu abits = (vu)mag;
+    steps = (abits >> kDrop) - (uint64_t(1023 - P.emax) << (P.precision - 1));
+    mid = (vd)((abits & ~((uint64_t{1} << kDrop) - 1)) | (uint64_t{1} << (kDrop - 1)));
+  }
+
+  EXPO_INLINE vu encode(vi negative) const {
+    return steps | ((vu)negative & (uint64_t{1} << (P.width - 1)));
+  }
+
+  // From OUT's smallest normal value up to, excluding, the binade above its largest.
+  static EXPO_INLINE vi covers(vd mag) {
+    return (mag >= pow2(P.emin)) & (mag < pow2(P.emax + 1));
   }
 };
 
@@ -397,14 +441,16 @@ EXPO_INLINE vu fast_lanes(vd d_in, vd s_in, vd alpha, bool short_alpha, vi& easy
 // 2^-53(2 + 2^-52)(|m0| + |c|) with m0 = fl(|r| - m) and c = fl(σ(e_r + e_p)); wherever |y|
 // exceeds 2^-50(|m0| + |c|), x rounds up exactly when y > 0. Ties (y = 0 within the bound),
 // zeros, inf and NaN stay undecided for the exact path.
-template <int OUT>
+// C is Cell<OUT>, or NormalCell<OUT> where the lanes outside OUT's normal range may be left
+// undecided.
+template <int OUT, class C = Cell<OUT>>
 EXPO_INLINE vu near_lanes(vd d_in, vd s_in, vd alpha, vi& decided) {
   vd delta, err_delta, p, e_p, r, e_r;
   two_sum(d_in, -s_in, delta, err_delta);
   two_product_fast(alpha, delta, p, e_p);
   two_sum(d_in, p, r, e_r);
   vd mag = abs(r);
-  Cell<OUT> cell(mag);
+  C cell(mag);
   vd sum = e_r + e_p;
   vd c = r < 0.0 ? -sum : sum;
   vd m0 = mag - cell.mid;
@@ -414,7 +460,7 @@ EXPO_INLINE vu near_lanes(vd d_in, vd s_in, vd alpha, vi& decided) {
   vi product_exact = ((abs(p) > 0x1p-900) | (delta == 0.0)) & (abs(delta) < 0x1p900) &
                      (abs(alpha) < 0x1p900);
   decided = (err_delta == 0.0) & product_exact & (abs(sum) < 0x1p-40 * mag) & (abs(y) > bound) &
-            (mag != 0.0) & (mag - mag == 0.0);
+            C::covers(mag);
   cell.steps += (vu)((y > 0.0) & 1);
   return cell.encode(r < 0.0);
 }
@@ -446,15 +492,18 @@ EXPO_INLINE vf abs32(vf x) { return (vf)((vu32)x & 0x7fffffffu); }
 // upper half. F16: the fields moved into place and rebiased by an exact multiplication by
 // 2^112 (subnormals included); inf/NaN become a NaN, so every later test fails and the lane
 // goes on to the exact path.
-template <int F>
-EXPO_INLINE vf decode32(vu32 bits) {
+// U and V: 32-bit integer and float32 vectors of one size (a register, or half of one for stage
+// 2's binary64 lanes).
+template <int F, class U = vu32, class V = vf>
+EXPO_INLINE V decode32(U bits) {
   static_assert(F != F32, "float32 stage takes 16-bit inputs");
-  if (F == BF16) return (vf)(bits << 16);
-  vu32 body = (bits & 0x7fffu) << 13;
-  vf finite = (vf)body * 0x1p112f;
-  vi32 special = (vi32)((bits & 0x7c00u) == 0x7c00u);
-  vu32 v = special ? vu32{} + 0x7fc00000u : (vu32)finite;
-  return (vf)(v | ((bits & 0x8000u) << 16));
+  typedef int32_t I __attribute__((vector_size(sizeof(U))));
+  if (F == BF16) return (V)(bits << 16);
+  U body = (bits & 0x7fffu) << 13;
+  V finite = (V)body * 0x1p112f;
+  I special = (I)((bits & 0x7c00u) == 0x7c00u);
+  U v = special ? U{} + 0x7fc00000u : (U)finite;
+  return (V)(v | ((bits & 0x8000u) << 16));
 }
 
 // Round-to-nearest-even of float32 values to the output format OUT, as its bits in 32-bit lanes
@@ -481,12 +530,15 @@ EXPO_INLINE vu32 round_out(vf x) {
 // bound proves it (docs/arithmetic.md, "Stage 1"): with δ = fl(d - s) exact (TwoSum error 0),
 // p = fl(a32 δ) and e_p = a32 δ - p (one fused multiply-add, exact), r = fl(d + p) and
 // e_r = d + p - r (TwoSum, exact), the exact value is x = r + t with t = e_r + e_p + alo δ, and
-// |t| <= T = fl(fl(fl(|e_r| + |e_p|) + fl(A|δ|)) (1 + 2^-18)) + 2^-126. Where T <= 2^-14|r|,
-// the interval [r - T, r + T] lies inside [fl(r - U), fl(r + U)] with U = fl(T + 2^-22|r|); where
-// both ends of that round to the same bits, so does x (rounding is monotonic), and those bits
-// are RN(fl(r - U)). Where α is a float32, e_p = e_r = 0 and |p| >= 2^-101, x = r: U = 0 and the answer is
-// RN(r), ties included. Everything else is left undecided: zeros, |r| < 2^-112, inf, NaN, an
-// overflow, an inexact δ, results next to a midpoint.
+// |t| <= T = fl(fl(fl(|e_r| + |e_p|) + fl(A|δ|)) (1 + 2^-18)) + 2^-126. Where T <= 2^-14|r|:
+// BF16 output: where |r - m| > T, m the midpoint of r's BF16 cell (r's bits with the low half
+// replaced by 0x8000; r - m is exact), x lies on r's side of m, within a quarter quantum of r's
+// cell, and rounds as r does: the answer is RN(r). F16 output: the interval [r - T, r + T] lies
+// inside [fl(r - U), fl(r + U)] with U = fl(T + 2^-22|r|); where both ends of that round to the
+// same bits, so does x (rounding is monotonic), and those bits are RN(fl(r - U)). Where α is a
+// float32, e_p = e_r = 0 and |p| >= 2^-101, x = r: the answer is RN(r), ties included.
+// Everything else is left undecided: zeros, |r| < 2^-112, inf, NaN, an overflow, an inexact δ,
+// results next to a midpoint.
 // kAlphaExact: α is a float32 (alo = 0, A = 0), a property of the call; compiled both ways so
 // that neither pays for the other's terms.
 template <int OUT, bool kAlphaExact>
@@ -514,28 +566,57 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32& decided) {
   // Also excludes |r| < 2^-112 (t >= 2^-126: no subnormal r, r +- u, and no zero) and, through
   // a NaN t, every overflow of r or of an error term.
   usable &= t <= 0x1p-14f * mag;
-  vf u = kFused ? fma32(mag, splat_f(0x1p-22f), t) : t + 0x1p-22f * mag;
-  // x = r exactly: U = 0. |p| >= 2^-101: a32 δ has at most 48 significant bits, so its error is
-  // a multiple of 2^-149 and a zero e_p is a zero error, not an underflow.
-  if constexpr (kAlphaExact) {
-    vi32 exact = (known == 0.0f) & (abs32(p) >= 0x1p-101f);
+  // x = r exactly. |p| >= 2^-101: a32 δ has at most 48 significant bits, so its error is a
+  // multiple of 2^-149 and a zero e_p is a zero error, not an underflow.
+  vi32 exact = {};
+  if constexpr (kAlphaExact) exact = (known == 0.0f) & (abs32(p) >= 0x1p-101f);
+  if constexpr (OUT == BF16) {
+    // One comparison with the cell's midpoint instead of rounding both ends of an interval.
+    // r is normal (|r| > 2^-113), so m has r's sign and binade and r - m is exact.
+    vf mid = (vf)(((vu32)r & 0xffff0000u) | 0x8000u);
+    decided = usable & ((vi32)(abs32(r - mid) > t) | exact);
+    return round_out<OUT>(r);
+  } else {
+    vf u = kFused ? fma32(mag, splat_f(0x1p-22f), t) : t + 0x1p-22f * mag;
     u = (vf)((vi32)u & ~exact);
+    vu32 low = round_out<OUT>(r - u);
+    vu32 high = round_out<OUT>(r + u);
+    decided = usable & (vi32)(low == high);
+    return low;
   }
-  vu32 low = round_out<OUT>(r - u);
-  vu32 high = round_out<OUT>(r + u);
-  decided = usable & (vi32)(low == high);
-  return low;
 }
 
 // ---- loads and stores ------------------------------------------------------------------------
 
+// A register of 16-bit values zero-extended into 32-bit lanes: one widening load where the
+// level has it. GCC (12) splits the portable form into half loads, extractions and inserts,
+// some ten instructions a register of stage 1 on AVX-512.
+EXPO_INLINE vu32 load_widen16(const uint16_t* p) {
+#if EXPO_VBYTES == 64
+  // The zero-masked form: the plain one trips GCC 12's -Wmaybe-uninitialized in its own header.
+  return (vu32)_mm512_maskz_cvtepu16_epi32(
+      0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif EXPO_VBYTES == 32
+  return (vu32)_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+  typedef uint16_t vt __attribute__((vector_size(2 * L32)));
+  vt raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  return __builtin_convertvector(raw, vu32);
+#endif
+}
+
 template <int F, class V, int N>
 EXPO_INLINE V load(const typename Storage<F>::type* p) {
   using T = typename Storage<F>::type;
-  typedef T vt __attribute__((vector_size(sizeof(T) * N)));
-  vt raw;
-  std::memcpy(&raw, p, sizeof(raw));
-  return __builtin_convertvector(raw, V);
+  if constexpr (sizeof(T) == 2 && std::is_same<V, vu32>::value) {
+    return load_widen16(p);
+  } else {
+    typedef T vt __attribute__((vector_size(sizeof(T) * N)));
+    vt raw;
+    std::memcpy(&raw, p, sizeof(raw));
+    return __builtin_convertvector(raw, V);
+  }
 }
 
 template <int F, class V, int N>
@@ -668,20 +749,40 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
       std::memcpy(&draw, hd + j, sizeof draw);  // lanes from g on: stale, ignored below
       if constexpr (kStage32) {
         sraw = draw >> 16;
+        draw &= 0xffffu;
       } else {
         std::memcpy(&sraw, hs + j, sizeof sraw);
       }
-      vd d = decode<D>(__builtin_convertvector(draw, vu) & splat_u(kStorageMask<D>));
-      vd s = decode<S>(__builtin_convertvector(sraw, vu) & splat_u(kStorageMask<S>));
-      vi easy = {}, near;
-      vu bits = {};
-      // Lanes from the float64 fast path failed it already; those from stage 1 (a bound at
-      // least as tight: they sit next to a midpoint) would fail it too.
-      if (!kStage32) bits = fast_lanes<O>(d, s, alpha, short_alpha, easy);
-      vu near_bits = near_lanes<O>(d, s, alpha, near);
-      bits = (~easy & near) ? near_bits : bits;
-      vi done = easy | near | (lane64 >= g);
-      if (!all64(done)) bits = done ? bits : exact_lanes<O>(d, s, alpha);
+      vi done;
+      vu bits;
+      if constexpr (kStage32) {
+        // Lanes from stage 1 sit next to a midpoint: the float64 fast path (a bound no tighter
+        // than stage 1's) would fail them, so they go straight to the second stage. The inputs
+        // are decoded as stage 1 does and widened, both exact (a non-finite input becomes inf
+        // or NaN and fails the second stage); fewer operations than decode's. For a BF16
+        // output the second stage's cell covers the normal range only, all but results
+        // below 2^-126, which the exact path settles.
+        typedef float vfh __attribute__((vector_size(4 * L64)));
+        vd d = __builtin_convertvector((decode32<D, vh, vfh>(draw)), vd);
+        vd s = __builtin_convertvector((decode32<S, vh, vfh>(sraw)), vd);
+        using NearCell = typename std::conditional<O == BF16, NormalCell<O>, Cell<O>>::type;
+        vi near;
+        bits = near_lanes<O, NearCell>(d, s, alpha, near);
+        done = near | (lane64 >= g);
+      } else {
+        vd d = decode<D>(__builtin_convertvector(draw, vu) & splat_u(kStorageMask<D>));
+        vd s = decode<S>(__builtin_convertvector(sraw, vu) & splat_u(kStorageMask<S>));
+        vi easy, near;
+        bits = fast_lanes<O>(d, s, alpha, short_alpha, easy);
+        vu near_bits = near_lanes<O>(d, s, alpha, near);
+        bits = (~easy & near) ? near_bits : bits;
+        done = easy | near | (lane64 >= g);
+      }
+      if (!all64(done)) {
+        vd d = decode<D>(__builtin_convertvector(draw, vu) & splat_u(kStorageMask<D>));
+        vd s = decode<S>(__builtin_convertvector(sraw, vu) & splat_u(kStorageMask<S>));
+        bits = done ? bits : exact_lanes<O>(d, s, alpha);
+      }
       OT ot[L64];
       store<O, vu, L64>(ot, bits);
       for (int lane = 0; lane < g; ++lane) ob[hi[j + lane]] = ot[lane];
