@@ -54,11 +54,14 @@ def calibrate(fn) -> int:
 
 def measure(jobs: dict, nbytes: int, runs: int) -> dict:
     """GB/s of output per job: the median of `runs` timings. The rounds interleave the jobs, so
-    a burst of load from another process spreads over all of them instead of sinking one."""
+    a burst of load from another process spreads over all of them instead of sinking one. Each
+    timing follows one untimed call of its job: without it, whichever job came first in a round
+    (after the copy, on other data) ran 15-20 % slow, whatever the job (issue 12's note)."""
     reps = {key: calibrate(fn) for key, fn in jobs.items()}
     times: dict = {key: [] for key in jobs}
     for _ in range(runs):
         for key, fn in jobs.items():
+            fn()
             t = time.perf_counter()
             for _ in range(reps[key]):
                 fn()
