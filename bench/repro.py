@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.repro import constraints as C  # noqa: E402
 from bench.repro.data import constraints_of, load_instructions, make_prompts, split  # noqa: E402
+from bench.repro.report import best_alphas, plot, summarize  # noqa: E402
 
 log = logging.getLogger("repro")
 
@@ -295,87 +296,6 @@ def _alpha_dir(merged: Path, alpha: float) -> Path:
         except ValueError:
             continue
     raise FileNotFoundError(f"{merged}: no output for alpha {alpha}")
-
-
-METRICS = ("reward_strict_mean", "reward_loose_mean", "all_satisfied_rate", "implicit_reward_mean",
-           "length_words_mean", "echo_rate", "instruction_only_rate", "repetition_rate", "empty_rate")
-
-
-def summarize(records: list[dict]) -> list[dict]:
-    """One row per (fraction, schedule, α): each metric's mean over seeds and its spread (the
-    standard deviation over seeds; with one seed, 0) and the prompt-level spread of the reward
-    (standard error of the mean over prompts, averaged over seeds)."""
-    groups: dict = {}
-    for r in records:
-        groups.setdefault((r["fraction"], r["schedule"], r["alpha"]), []).append(r)
-    rows = []
-    for (fraction, schedule, alpha), rs in sorted(groups.items(), key=lambda kv: (
-            kv[0][0], kv[0][1], -1 if kv[0][2] is None else kv[0][2])):
-        row = {"fraction": fraction, "schedule": schedule, "alpha": alpha, "seeds": len(rs),
-               "layer_alphas": rs[0]["layer_alphas"]}
-        for m in METRICS:
-            values = [r[m] for r in rs]
-            row[m] = statistics.fmean(values)
-            row[m.replace("_mean", "") + "_seed_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-        row["reward_strict_sem"] = statistics.fmean(
-            r["reward_strict_std"] / math.sqrt(r["n_prompts"]) for r in rs)
-        rows.append(row)
-    return rows
-
-
-def best_alphas(summary: list[dict]) -> list[dict]:
-    """Per fraction: α = 0 (the DPO model) against the best α of each schedule (strict reward)."""
-    out = []
-    for fraction in sorted({r["fraction"] for r in summary if r["schedule"] != "sft"}):
-        rows = [r for r in summary if r["fraction"] == fraction]
-        base = next(r for r in rows if r["schedule"] == "uniform" and r["alpha"] == 0)
-        entry = {"fraction": fraction, "dpo_reward": base["reward_strict_mean"]}
-        for schedule in ("uniform", "layerwise"):
-            cands = [r for r in rows if r["schedule"] == schedule]
-            if cands:
-                best = max(cands, key=lambda r: r["reward_strict_mean"])
-                entry[schedule] = {"alpha": best["alpha"], "reward": best["reward_strict_mean"],
-                                   "seed_std": best["reward_strict_seed_std"]}
-        out.append(entry)
-    return out
-
-
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = results["summary"]
-    fractions = sorted({r["fraction"] for r in summary if r["schedule"] != "sft"})
-    sft = next((r for r in summary if r["schedule"] == "sft"), None)
-    full = next((r for r in summary if r["fraction"] == 1.0 and r["schedule"] == "uniform"
-                 and r["alpha"] == 0), None)
-    fig, axes = plt.subplots(1, len(fractions), figsize=(3.6 * len(fractions), 3.4), sharey=True,
-                             squeeze=False)
-    for ax, fraction in zip(axes[0], fractions):
-        for schedule, style in (("uniform", "o-"), ("layerwise", "s")):
-            rows = [r for r in summary if r["fraction"] == fraction and r["schedule"] == schedule]
-            if not rows:
-                continue
-            xs = [r["alpha"] for r in rows]
-            ys = [r["reward_strict_mean"] for r in rows]
-            err = [r["reward_strict_seed_std"] for r in rows]
-            label = "uniform α" if schedule == "uniform" else "layerwise (a/2, a, 3a/2) at a"
-            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=label, markersize=4)
-        if full is not None:
-            ax.axhline(full["reward_strict_mean"], color="tab:red", ls="--", lw=1, label="DPO 100 %")
-        if sft is not None:
-            ax.axhline(sft["reward_strict_mean"], color="gray", ls=":", lw=1, label="SFT")
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_title(f"{fraction:.0%} of the pairs")
-        ax.set_xlabel("α")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("held-out verifiable reward (strict)")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def machine() -> dict:
