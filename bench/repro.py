@@ -158,40 +158,54 @@ def sample_responses(plan: Plan, sft: Path, prompts: list[dict], out: Path) -> l
 
 
 def model_runs(plan: Plan) -> list[tuple[float, int]]:
-    return [(f, s) for f in plan.fractions
+    """(fraction, seed) of every DPO model, in the order they are trained and evaluated: the
+    100 % model first (every plot's reference line), then seed 0 of each fraction, then the
+    other seeds, so a run cut short still covers every fraction."""
+    runs = [(f, s) for f in plan.fractions
             for s in (plan.seeds_small if f <= plan.small_cutoff else plan.seeds_large)]
-
-
-def train_models(plan: Plan, sft: Path, pairs: list[dict], out: Path, clock: Clock) -> dict:
-    from bench.repro.dpo import DPOConfig, reference_logps, subset, train
-
-    config = DPOConfig(beta=plan.beta, lr=plan.lr, epochs=plan.epochs, batch_pairs=plan.batch_pairs,
-                       max_response_tokens=plan.max_new_tokens + 1)
-    logs_path = out / "dpo_logs.json"
-    logs = read_json(logs_path) if logs_path.is_file() else {}
-    todo = [(f, s) for f, s in model_runs(plan) if model_name(f, s) not in logs]
-    if not todo:
-        return logs
-    t = time.time()
-    reference = reference_logps(sft, pairs, config)
-    clock.add("dpo_reference", time.time() - t)
-    for fraction, seed in todo:
-        name = model_name(fraction, seed)
-        target = out / "models" / name
-        shutil.rmtree(target, ignore_errors=True)
-        t = time.time()
-        chosen = subset(pairs, fraction, seed)
-        logs[name] = {"fraction": fraction, "seed": seed,
-                      **train(sft, chosen, reference, target, config, seed)}
-        clock.add("dpo", time.time() - t)
-        log.info("%s: %d pairs, %d steps, loss %.4f -> %.4f", name, logs[name]["pairs"],
-                 logs[name]["steps"], logs[name]["loss_first"], logs[name]["loss_last"])
-        write_json(logs_path, logs)
-    return logs
+    return sorted(runs, key=lambda fs: (fs[0] != max(plan.fractions), fs[1] != 0, fs[0], fs[1]))
 
 
 def model_name(fraction: float, seed: int) -> str:
     return f"dpo-f{fraction:g}-s{seed}"
+
+
+class Trainer:
+    """DPO models, trained on demand; the reference log-probabilities (frozen SFT) are computed
+    once and shared by every fraction, and each finished model is logged in OUT/dpo_logs.json."""
+
+    def __init__(self, plan: Plan, sft: Path, pairs: list[dict], out: Path, clock: Clock):
+        from bench.repro.dpo import DPOConfig
+
+        self.plan, self.sft, self.pairs, self.out, self.clock = plan, sft, pairs, out, clock
+        self.config = DPOConfig(beta=plan.beta, lr=plan.lr, epochs=plan.epochs,
+                                batch_pairs=plan.batch_pairs, max_response_tokens=plan.max_new_tokens + 1)
+        self.logs_path = out / "dpo_logs.json"
+        self.logs = read_json(self.logs_path) if self.logs_path.is_file() else {}
+        self.reference = None
+
+    def model(self, fraction: float, seed: int) -> Path:
+        from bench.repro.dpo import reference_logps, subset, train
+
+        name = model_name(fraction, seed)
+        target = self.out / "models" / name
+        if name in self.logs:
+            return target
+        if self.reference is None:
+            t = time.time()
+            self.reference = reference_logps(self.sft, self.pairs, self.config)
+            self.clock.add("dpo_reference", time.time() - t)
+        shutil.rmtree(target, ignore_errors=True)
+        t = time.time()
+        chosen = subset(self.pairs, fraction, seed)
+        self.logs[name] = {"fraction": fraction, "seed": seed,
+                           **train(self.sft, chosen, self.reference, target, self.config, seed)}
+        self.clock.add("dpo", time.time() - t)
+        entry = self.logs[name]
+        log.info("%s: %d pairs, %d steps, loss %.4f -> %.4f", name, entry["pairs"], entry["steps"],
+                 entry["loss_first"], entry["loss_last"])
+        write_json(self.logs_path, self.logs)
+        return target
 
 
 def evaluate(model: Path, name: str, held: list[dict], plan: Plan, out: Path, sft: Path,
@@ -229,7 +243,10 @@ def evaluate(model: Path, name: str, held: list[dict], plan: Plan, out: Path, sf
     }
 
 
-def expo_sweep(plan: Plan, sft: Path, held: list[dict], out: Path, clock: Clock) -> list[dict]:
+def expo_sweep(plan: Plan, sft: Path, held: list[dict], out: Path, clock: Clock,
+               trainer: Trainer) -> list[dict]:
+    """Train each DPO model (in :func:`model_runs` order) and evaluate it at every α and
+    schedule; records are saved after each evaluation, and a re-run skips those done."""
     records_path = out / "records.json"
     records = read_json(records_path) if records_path.is_file() else []
     done = {(r["model"], r["schedule"], r["alpha"]) for r in records}
@@ -238,19 +255,19 @@ def expo_sweep(plan: Plan, sft: Path, held: list[dict], out: Path, clock: Clock)
         records.append(record)
         write_json(records_path, records)
 
-    base = model_name(1.0, plan.seeds_large[0]) if 1.0 in plan.fractions else None
-    if ("sft", "sft", None) not in done:
-        t = time.time()
-        # The SFT model's outputs get an implicit reward under the 100 % DPO model.
-        scored_by = out / "models" / (base or model_name(*model_runs(plan)[-1]))
-        keep({"model": "sft", "fraction": 0.0, "seed": None, "schedule": "sft", "alpha": None,
-              "layer_alphas": None, **evaluate(sft, "sft", held, plan, out, sft, scored_by),
-              "seconds": time.time() - t})
-        clock.add("evaluate", time.time() - t)
     (out / "merged").mkdir(exist_ok=True)
-    for fraction, seed in model_runs(plan):
+    runs = model_runs(plan)
+    for fraction, seed in runs:
         name = model_name(fraction, seed)
-        dpo = out / "models" / name
+        dpo = trainer.model(fraction, seed)
+        if ("sft", "sft", None) not in done:
+            t = time.time()
+            # The SFT model's outputs get an implicit reward under the first (100 %) DPO model.
+            keep({"model": "sft", "fraction": 0.0, "seed": None, "schedule": "sft", "alpha": None,
+                  "layer_alphas": None, "implicit_reward_model": name,
+                  **evaluate(sft, "sft", held, plan, out, sft, dpo), "seconds": time.time() - t})
+            done.add(("sft", "sft", None))
+            clock.add("evaluate", time.time() - t)
         todo = [a for a in plan.alphas if (name, "uniform", a) not in done]
         if todo:
             merged = out / "merged" / name
@@ -260,9 +277,7 @@ def expo_sweep(plan: Plan, sft: Path, held: list[dict], out: Path, clock: Clock)
             clock.add("merge", time.time() - t)
             for a in todo:
                 t = time.time()
-                candidate = merged if len(todo) == 1 else merged / f"alpha-{float(a):g}"
-                if not candidate.is_dir():  # the engine names them alpha-X; find it by its α
-                    candidate = _alpha_dir(merged, a)
+                candidate = merged if len(todo) == 1 else _alpha_dir(merged, a)
                 keep({"model": name, "fraction": fraction, "seed": seed, "schedule": "uniform",
                       "alpha": a, "layer_alphas": None,
                       **evaluate(candidate, f"{name}-a{a:g}", held, plan, out, sft, dpo),
@@ -344,8 +359,9 @@ def run(plan: Plan, out: Path, quick: bool) -> dict:
                          "raise --train-prompts or samples per prompt")
     log.info("%d pairs from %d training prompts", len(pairs), len(train))
     sample_rewards = [C.reward(o, constraints_of(p)) for p, outs in zip(train, samples) for o in outs]
-    logs = train_models(plan, sft, pairs, out, clock)
-    records = expo_sweep(plan, sft, held, out, clock)
+    trainer = Trainer(plan, sft, pairs, out, clock)
+    records = expo_sweep(plan, sft, held, out, clock, trainer)
+    logs = trainer.logs
     summary = summarize(records)
     results = {
         "quick": quick, "plan": asdict(plan), "machine": machine(),
