@@ -61,16 +61,16 @@ class Plan:
     seeds_small: tuple = (0, 1)  # for fractions <= small_cutoff
     seeds_large: tuple = (0,)
     small_cutoff: float = 0.2
-    alphas: tuple = (0, 0.3, 1, 2, 4, 10, 15, 25)
-    layer_alphas: tuple = (4, 10)  # thirds at (a/2, a, 3a/2): 10 gives the seeds' 5,10,15
+    alphas: tuple = (0, 0.3, 1, 2.5, 5, 10, 25)  # the paper's best α are 0.3, 2.5, 8 and 25
+    layer_alphas: tuple = (10,)  # thirds at (a/2, a, 3a/2): the seeds' 5,10,15
     split_seed: int = 1234
     sample_seed: int = 42
     beta: float = 0.1
     lr: float = 1e-5
     epochs: int = 2
     batch_pairs: int = 8
-    gen_batch: int = 32
-    score_batch: int = 16
+    gen_batch: int = 64
+    score_batch: int = 32
 
 
 QUICK = Plan(held_out=6, train_prompts=24, samples_per_prompt=3, max_new_tokens=16,
