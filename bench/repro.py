@@ -191,9 +191,13 @@ class Trainer:
         target = self.out / "models" / name
         if name in self.logs:
             return target
+        cached = self.out / "reference_logps.json"
+        if self.reference is None and cached.is_file():
+            self.reference = {int(k): tuple(v) for k, v in read_json(cached).items()}
         if self.reference is None:
             t = time.time()
             self.reference = reference_logps(self.sft, self.pairs, self.config)
+            write_json(cached, self.reference)
             self.clock.add("dpo_reference", time.time() - t)
         shutil.rmtree(target, ignore_errors=True)
         t = time.time()
