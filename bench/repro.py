@@ -97,7 +97,10 @@ class Clock:
 
 
 def cli(*args: str) -> str:
-    """Run one expo-stream command in this process (click's runner); its stdout, or raise."""
+    """Run one expo-stream command in this process (click's runner); its stdout, or raise.
+
+    (Not with ``-q``: the CLI then sets the root logger to ERROR for the rest of the process,
+    and this script's own log would go quiet.)"""
     from click.testing import CliRunner
 
     from expo_stream.cli import main
@@ -277,7 +280,7 @@ def expo_sweep(plan: Plan, sft: Path, held: list[dict], out: Path, clock: Clock,
             merged = out / "merged" / name
             t = time.time()
             cli("merge", "--sft", sft, "--dpo", dpo, "--out", merged,
-                "--alpha", ",".join(repr(float(a)) for a in todo), "--overwrite", "-q")
+                "--alpha", ",".join(repr(float(a)) for a in todo), "--overwrite")
             clock.add("merge", time.time() - t)
             for a in todo:
                 t = time.time()
@@ -295,7 +298,7 @@ def expo_sweep(plan: Plan, sft: Path, held: list[dict], out: Path, clock: Clock,
             merged = out / "merged" / f"{name}-layers"
             t = time.time()
             cli("merge", "--sft", sft, "--dpo", dpo, "--out", merged,
-                "--layer-alphas", ",".join(f"{x:g}" for x in thirds), "--overwrite", "-q")
+                "--layer-alphas", ",".join(f"{x:g}" for x in thirds), "--overwrite")
             clock.add("merge", time.time() - t)
             t = time.time()
             keep({"model": name, "fraction": fraction, "seed": seed, "schedule": "layerwise",
