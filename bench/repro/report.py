@@ -133,8 +133,11 @@ def best_table(best: list[dict], summary: list[dict]) -> str:
     for b in best:
         u, l = b.get("uniform"), b.get("layerwise")
         top = max(x["reward"] for x in (u, l) if x)
-        beats = "–" if full is None or b["fraction"] == 1.0 else (
-            f"{'yes' if top > full['reward_strict_mean'] else 'no'} ({top:.3f} vs {full['reward_strict_mean']:.3f})")
+        beats = "–"
+        if full is not None and b["fraction"] != 1.0:
+            ref = full["reward_strict_mean"]
+            word = "ties" if math.isclose(top, ref) else "yes" if top > ref else "no"
+            beats = f"{word} ({top:.3f} vs {ref:.3f})"
         paper = PAPER.get(b["fraction"])
         paper_text = f"{paper[0]} → {paper[1]} at α = {paper[2]:g}" if paper else "–"
 

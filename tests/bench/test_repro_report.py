@@ -42,6 +42,9 @@ def test_best_alpha_per_fraction_and_schedule():
     text = best_table(best_alphas(summarize(RECORDS)), summarize(RECORDS))
     assert "| 10% | 0.330 | 4 → 0.450 ± 0.050 | 4 → 0.250 ± 0.050 | yes (0.450 vs 0.420) |" in text
     assert "10.4 → 16.3 at α = 8" in text
+    tied = [r if r["fraction"] != 0.1 or r["alpha"] != 4 else {**r, "reward_strict_mean": 0.42}
+            for r in RECORDS]
+    assert "ties (0.420 vs 0.420)" in best_table(best_alphas(summarize(tied)), summarize(tied))
 
 
 def test_table_has_one_row_per_fraction_schedule_alpha():
