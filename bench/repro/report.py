@@ -88,6 +88,8 @@ def plot(results: dict, path: Path) -> None:
         if sft is not None:
             ax.axhline(sft["reward_strict_mean"], color="gray", ls=":", lw=1, label="SFT")
         ax.set_xscale("symlog", linthresh=1)
+        alphas = [r["alpha"] for r in summary if r["fraction"] == fraction and r["alpha"] is not None]
+        ax.set_xlim(-0.15, 1.3 * max(alphas + [1]))
         ax.set_title(f"{fraction:.0%} of the pairs")
         ax.set_xlabel("α")
         ax.grid(alpha=0.3)
