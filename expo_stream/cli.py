@@ -192,16 +192,9 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
     elif ray_address:
         raise UsageError("--ray-address needs --executor ray")
     if out is None:
-        _push_streamed(plan, push_to, private, backend, threads, quiet, runner)
+        _push_streamed(plan, push_to, private, backend, threads, quiet, stream, runner)
         return
-    for warning in plan.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    bar = None
-    if not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=plan.output_bytes * len(plan.schedules), unit="B", unit_scale=True,
-                   unit_divisor=1024, desc="merge", file=sys.stderr, dynamic_ncols=True)
+    bar, progress = _merge_progress(plan, quiet, stream)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -210,8 +203,7 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
                                 overwrite=overwrite,
                                 # Where it ran is no part of the model (nor a cluster's address).
                                 command=_command_line(("--executor", "--ray-address")),
-                                progress=bar.update if bar is not None else None,
-                                executor=runner)
+                                progress=progress, executor=runner)
     except (KeyboardInterrupt, Terminated) as exc:
         from .format.manifest import read_manifest
         from .format.writer import staging_path
@@ -240,33 +232,39 @@ def merge(sft, dpo, out, alpha, layer_alphas, non_layer_alpha, recipe, dtype, ma
         click.echo(hub_push(result.outputs[0], push_to, private=private))
 
 
+def _merge_progress(plan, quiet: bool, stream: bool):
+    """Print the plan's warnings; then, unless ``quiet``, a bar of output bytes (with the
+    network's pace beside it when inputs stream) and its callback: ``(bar, progress)``."""
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if quiet:
+        return None, None
+    import time
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=plan.output_bytes * len(plan.schedules), unit="B", unit_scale=True,
+               unit_divisor=1024, desc="merge", file=sys.stderr, dynamic_ncols=True)
+    if not stream:
+        return bar, bar.update
+    from .sources.hub import STATS
+
+    started, before = time.perf_counter(), STATS.downloaded
+
+    def progress(n: int) -> None:
+        bar.update(n)
+        seconds = max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix_str(f"net {(STATS.downloaded - before) / seconds / 2**20:.0f} MiB/s",
+                            refresh=False)
+    return bar, progress
+
+
 def _push_streamed(plan, repo_id: str, private: bool, backend: str, threads: int,
-                   quiet: bool, executor=None) -> None:
+                   quiet: bool, stream: bool, executor=None) -> None:
     """``merge --push-to`` without ``--out``: shard by shard to the Hub, one commit."""
     from .execute.merge import push_plan
 
-    for warning in plan.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    bar = None
-    if not quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=plan.output_bytes * len(plan.schedules), unit="B", unit_scale=True,
-                   unit_divisor=1024, desc="merge", file=sys.stderr, dynamic_ncols=True)
-    progress = None
-    if bar is not None:
-        import time
-
-        from .sources.hub import STATS
-
-        started, before = time.perf_counter(), STATS.downloaded
-
-        def show(n: int) -> None:  # output bytes, and the network's pace beside them
-            bar.update(n)
-            seconds = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix_str(f"net {(STATS.downloaded - before) / seconds / 2**20:.0f} MiB/s",
-                                refresh=False)
-        progress = show
+    bar, progress = _merge_progress(plan, quiet, stream)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 

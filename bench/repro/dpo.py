@@ -28,14 +28,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DPOConfig:
-    """Hyper-parameters, the same for every data fraction (only the pairs differ)."""
+    """Hyper-parameters, the same for every data fraction (only the pairs differ); the values
+    come from bench/repro.py's Plan, which records them with the results."""
 
-    beta: float = 0.1
-    lr: float = 1e-5
-    epochs: int = 2
-    batch_pairs: int = 8
+    beta: float
+    lr: float
+    epochs: int
+    batch_pairs: int
+    max_response_tokens: int
     max_grad_norm: float = 1.0
-    max_response_tokens: int = 64
 
 
 def make_pairs(prompts: list[dict], samples: list[list[str]]) -> list[dict]:

@@ -238,9 +238,7 @@ def write_plan(plan: Plan, out: str | Path, *, backend: str = "auto",
     out = Path(out)
     backend = resolve_backend(backend)
     started = time.perf_counter()
-    if not inputs_differ(plan):
-        raise PlanError(f"SFT {plan.sft} and DPO {plan.dpo} hold identical tensors: "
-                        "the difference is zero everywhere, so every α gives DPO back")
+    refuse_identical(plan)
     staging = Staging(out, _local_inputs(options), overwrite)
     subdirs = _subdirs(plan)
     several = len(subdirs) > 1
@@ -311,9 +309,7 @@ def push_plan(plan: Plan, repo_id: str, *, private: bool = False, backend: str =
 
     backend = resolve_backend(backend)
     started = time.perf_counter()
-    if not inputs_differ(plan):
-        raise PlanError(f"SFT {plan.sft} and DPO {plan.dpo} hold identical tensors: "
-                        "the difference is zero everywhere, so every α gives DPO back")
+    refuse_identical(plan)
     work = work_dir(plan, repo_id)
     work.mkdir(parents=True, exist_ok=True)
     staging = Staging(work / "model", _local_inputs(plan.options))
@@ -365,6 +361,13 @@ def _subdirs(plan: Plan) -> list[str]:
     """One output subdirectory per schedule, or ``.`` for a single one."""
     several = len(plan.schedules) > 1
     return [sch.label if several else "." for sch in plan.schedules]
+
+
+def refuse_identical(plan: Plan) -> None:
+    """Raise PlanError when the inputs hold identical tensors (every α would give DPO back)."""
+    if not inputs_differ(plan):
+        raise PlanError(f"SFT {plan.sft} and DPO {plan.dpo} hold identical tensors: "
+                        "the difference is zero everywhere, so every α gives DPO back")
 
 
 def inputs_differ(plan: Plan, chunk_bytes: int = 2**20) -> bool:
