@@ -56,11 +56,24 @@ def measure(jobs: dict, nbytes: int, runs: int) -> dict:
     """GB/s of output per job: the median of `runs` timings. The rounds interleave the jobs, so
     a burst of load from another process spreads over all of them instead of sinking one. Each
     timing follows one untimed call of its job: without it, whichever job came first in a round
-    (after the copy, on other data) ran 15-20 % slow, whatever the job (issue 12's note)."""
-    reps = {key: calibrate(fn) for key, fn in jobs.items()}
+    (after the copy, on other data) ran 15-20 % slow, whatever the job (issue 12's note).
+    A job is (SIMD level or None, function): the level is switched before the untimed call, not
+    inside the timing (a switch checks CPUID, some 16 µs on a VM, and cost the fastest
+    kernels up to 8 %)."""
+    from expo_stream import _native
+
+    def ready(level):
+        if level is not None:
+            _native.use_simd_level(level)
+
+    reps = {}
+    for key, (level, fn) in jobs.items():
+        ready(level)
+        reps[key] = calibrate(fn)
     times: dict = {key: [] for key in jobs}
     for _ in range(runs):
-        for key, fn in jobs.items():
+        for key, (level, fn) in jobs.items():
+            ready(level)
             fn()
             t = time.perf_counter()
             for _ in range(reps[key]):
@@ -100,28 +113,22 @@ def main() -> None:
     except BackendUnavailableError:
         pass
 
-    def exact(level, d, s, alpha):
-        def run():
-            _native.use_simd_level(level)
-            _native.extrapolate(d, 0, s, 0, out, 0, alpha)
-        return run
+    def exact(d, s, alpha):
+        return lambda: _native.extrapolate(d, 0, s, 0, out, 0, alpha)
 
-    def plain(level, d, s, alpha):
-        def run():
-            _native.use_simd_level(level)
-            _native.plain_bf16(d, s, out, alpha)
-        return run
+    def plain(d, s, alpha):
+        return lambda: _native.plain_bf16(d, s, out, alpha)
 
     src = np.ones(n, BF16)
-    jobs = {("numpy copy", ""): lambda: np.copyto(out, src)}
+    jobs = {("numpy copy", ""): (None, lambda: np.copyto(out, src))}
     for shape, alpha in cases:
         d, s = inputs[shape]
         key = f"{shape} {alpha}"
         for level in levels:
-            jobs[(f"native {level}", key)] = exact(level, d, s, alpha)
-            jobs[(f"plain float32 {level} (inexact)", key)] = plain(level, d, s, alpha)
+            jobs[(f"native {level}", key)] = (level, exact(d, s, alpha))
+            jobs[(f"plain float32 {level} (inexact)", key)] = (level, plain(d, s, alpha))
         if numba is not None:
-            jobs[("numba", key)] = (lambda d=d, s=s, alpha=alpha: numba(d, s, alpha, out))
+            jobs[("numba", key)] = (None, lambda d=d, s=s, alpha=alpha: numba(d, s, alpha, out))
     before = _native.simd_level()
     figures = measure(jobs, 2 * n, args.runs)
     _native.use_simd_level(before)

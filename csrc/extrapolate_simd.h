@@ -467,8 +467,18 @@ EXPO_INLINE vu near_lanes(vd d_in, vd s_in, vd alpha, vi& decided) {
 
 // ---- stage 1: float32, for BF16/F16 inputs and a BF16/F16 output -------------------------------
 
-// Scalars of stage 1, from α once per call: α = a32 + alo exactly (alo a binary64), with
-// A >= |alo| a float32 bound (alo is usually not a float32 itself).
+// A float32 at least x (x >= 0, a binary64).
+EXPO_INLINE float round_up32(double x) {
+  float f = static_cast<float>(x);
+  if (static_cast<double>(f) < x) f = __builtin_nextafterf(f, __builtin_inff());
+  return f;
+}
+
+// Scalars of stage 1, from α once per call: α = a32 + alo exactly (alo a binary64). `bound`
+// multiplies |δ| in stage 1's error bound: where α is a float32 (alo = 0), δ must be exact and
+// the bound is 0; otherwise δ may carry its rounding error e_δ, |e_δ| <= 2^-24|δ|, and
+// bound >= |alo| + |α|2^-24 covers both alo·δ and α·e_δ (the factor 1 + 2^-40 covers the two
+// binary64 roundings of the sum).
 struct Alpha32 {
   float a32, bound;
   bool exact;  // alo == 0: α is a float32
@@ -478,11 +488,10 @@ EXPO_INLINE Alpha32 split_alpha(double alpha) {
   Alpha32 a;
   a.a32 = static_cast<float>(alpha);
   double lo = alpha - static_cast<double>(a.a32);  // exact: α has 53 bits, a32 its top 24
-  double mag = lo < 0 ? -lo : lo;
-  float bound = static_cast<float>(mag);
-  if (static_cast<double>(bound) < mag) bound = __builtin_nextafterf(bound, __builtin_inff());
-  a.bound = bound;
   a.exact = lo == 0.0;
+  double mag = lo < 0 ? -lo : lo;
+  double scaled = (alpha < 0 ? -alpha : alpha) * 0x1p-24;
+  a.bound = a.exact ? 0.0f : round_up32((mag + scaled) * (1.0 + 0x1p-40));
   return a;
 }
 
@@ -527,10 +536,12 @@ EXPO_INLINE vu32 round_out(vf x) {
 }
 
 // x = d + α(d - s) rounded to the output format OUT (BF16 or F16), decided in float32 where a
-// bound proves it (docs/arithmetic.md, "Stage 1"): with δ = fl(d - s) exact (TwoSum error 0),
+// bound proves it (docs/arithmetic.md, "Stage 1"): with δ = fl(d - s) = d - s - e_δ,
 // p = fl(a32 δ) and e_p = a32 δ - p (one fused multiply-add, exact), r = fl(d + p) and
-// e_r = d + p - r (TwoSum, exact), the exact value is x = r + t with t = e_r + e_p + alo δ, and
-// |t| <= T = fl(fl(fl(|e_r| + |e_p|) + fl(A|δ|)) (1 + 2^-18)) + 2^-126. Where T <= 2^-14|r|:
+// e_r = d + p - r (TwoSum, exact), the exact value is x = r + t with
+// t = e_r + e_p + alo δ + α e_δ, and |t| <= T = fl(fl(fl(|e_r| + |e_p|) + fl(B|δ|)) (1 + 2^-18))
+// + 2^-126, B the bound of Alpha32. Where α is a float32, B = 0 and δ must be exact (TwoSum
+// error 0): the exact ties below need it. Where T <= 2^-14|r|:
 // BF16 output: where |r - m| > T, m the midpoint of r's BF16 cell (r's bits with the low half
 // replaced by 0x8000; r - m is exact), x lies on r's side of m, within a quarter quantum of r's
 // cell, and rounds as r does: the answer is RN(r). F16 output: the interval [r - T, r + T] lies
@@ -539,13 +550,17 @@ EXPO_INLINE vu32 round_out(vf x) {
 // float32, e_p = e_r = 0 and |p| >= 2^-101, x = r: the answer is RN(r), ties included.
 // Everything else is left undecided: zeros, |r| < 2^-112, inf, NaN, an overflow, an inexact δ,
 // results next to a midpoint.
-// kAlphaExact: α is a float32 (alo = 0, A = 0), a property of the call; compiled both ways so
+// kAlphaExact: α is a float32 (alo = 0, B = 0), a property of the call; compiled both ways so
 // that neither pays for the other's terms.
 template <int OUT, bool kAlphaExact>
-EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32& decided) {
+EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_delta, vi32& decided) {
   vf delta = d - s;
-  vf b1 = delta - d;
-  vf e_delta = (d - (delta - b1)) - (s + b1);  // fl(-s - b1) = -fl(s + b1): TwoSum's error
+  vi32 usable = ~vi32{};
+  if constexpr (kAlphaExact) {
+    vf b1 = delta - d;
+    vf e_delta = (d - (delta - b1)) - (s + b1);  // fl(-s - b1) = -fl(s + b1): TwoSum's error
+    usable = e_delta == 0.0f;
+  }
   vf p = a32 * delta;
   vf e_p = fms32(a32, delta, p);
   vf r = d + p;
@@ -553,14 +568,13 @@ EXPO_INLINE vu32 stage1_lanes(vf d, vf s, vf a32, vf bound_alo, vi32& decided) {
   vf e_r = (d - (r - b2)) + (p - b2);
   vf mag = abs32(r);
   vf known = abs32(e_r) + abs32(e_p);  // 0 exactly when both errors are
-  vi32 usable = e_delta == 0.0f;
   vf t;
   if constexpr (kFused) {
     // One rounding fewer each; an FMA's product error below 2^-149 is covered by the 2^-126.
-    vf terms = kAlphaExact ? known : fma32(bound_alo, abs32(delta), known);
+    vf terms = kAlphaExact ? known : fma32(bound_delta, abs32(delta), known);
     t = fma32(terms, splat_f(1.0f + 0x1p-18f), splat_f(0x1p-126f));
   } else {
-    t = (known + bound_alo * abs32(delta)) * (1.0f + 0x1p-18f) + 0x1p-126f;
+    t = (known + bound_delta * abs32(delta)) * (1.0f + 0x1p-18f) + 0x1p-126f;
     usable &= (abs32(p) >= 0x1p-80f) | (delta == 0.0f);  // Dekker's product needs no underflow
   }
   // Also excludes |r| < 2^-112 (t >= 2^-126: no subnormal r, r +- u, and no zero) and, through
@@ -627,16 +641,119 @@ EXPO_INLINE void store(typename Storage<F>::type* p, V bits) {
   std::memcpy(p, &raw, sizeof(raw));
 }
 
-// Copies the undecided lanes' inputs (both 16-bit: DPO bits in the low half, SFT bits in the
-// high half of one word) and indices aside; returns the new count. Out of line: the hot loop then
-// keeps no register for this rare path.
-__attribute__((noinline)) int set_aside(uint32_t* hds, uint32_t* hi, int count, vu32 draw,
-                                        vu32 sraw, int i, unsigned undecided) {
-  vu32 index;
-  for (int lane = 0; lane < L32; ++lane) index[lane] = static_cast<uint32_t>(i + lane);
-  compress_store(hds + count, draw | (sraw << 16), undecided);
+// ---- stage 1's words -------------------------------------------------------------------------
+// A 16-bit input in a 32-bit lane sits where its float32 value needs it: BF16 in the upper half
+// (the word is the float32 itself), F16 in the lower half (decode32 rebiases it).
+
+template <int F>
+EXPO_INLINE vu32 load_words(const uint16_t* p) {
+  vu32 raw = load_widen16(p);
+  return F == BF16 ? raw << 16 : raw;
+}
+
+template <int F>
+EXPO_INLINE vf word_value(vu32 word) {
+  if constexpr (F == BF16) {
+    return (vf)word;
+  } else {
+    return decode32<F>(word);
+  }
+}
+
+// The word stage 2 gets for one lane: DPO bits in the low half, SFT bits in the high half.
+template <int D, int S>
+EXPO_INLINE vu32 both_inputs(vu32 dword, vu32 sword) {
+  return (D == BF16 ? dword >> 16 : dword) | (S == BF16 ? sword : sword << 16);
+}
+
+#if EXPO_VBYTES >= 32
+// Two registers of words from one load of 2·L32 16-bit values, one unpack each: within every
+// 128-bit lane, `lo` gets the first four of that lane's eight values and `hi` the last four, so
+// lane j of `lo` holds element 8(j / 4) + j % 4 and lane j of `hi` the element four after it.
+// store_pairs packs two registers of 16-bit results back into element order with one
+// instruction, where narrowing each register costs two.
+template <int F>
+EXPO_INLINE void load_word_pairs(const uint16_t* p, vu32& lo, vu32& hi) {
+#if EXPO_VBYTES == 64
+  const __m512i x = _mm512_loadu_si512(p), zero = _mm512_setzero_si512();
+  lo = (vu32)(F == BF16 ? _mm512_unpacklo_epi16(zero, x) : _mm512_unpacklo_epi16(x, zero));
+  hi = (vu32)(F == BF16 ? _mm512_unpackhi_epi16(zero, x) : _mm512_unpackhi_epi16(x, zero));
+#else
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i zero = _mm256_setzero_si256();
+  lo = (vu32)(F == BF16 ? _mm256_unpacklo_epi16(zero, x) : _mm256_unpacklo_epi16(x, zero));
+  hi = (vu32)(F == BF16 ? _mm256_unpackhi_epi16(zero, x) : _mm256_unpackhi_epi16(x, zero));
+#endif
+}
+// Results below 2^16 (16-bit output bits), so the unsigned saturation never applies.
+EXPO_INLINE void store_pairs(uint16_t* p, vu32 lo, vu32 hi) {
+#if EXPO_VBYTES == 64
+  _mm512_storeu_si512(p, _mm512_packus_epi32((__m512i)lo, (__m512i)hi));
+#else
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_packus_epi32((__m256i)lo, (__m256i)hi));
+#endif
+}
+#endif
+
+// Copies the undecided lanes' inputs (both_inputs) and indices aside; returns the new count. Out
+// of line: the hot loop then keeps no register for this rare path.
+__attribute__((noinline)) int set_aside(uint32_t* hd, uint32_t* hi, int count, vu32 inputs,
+                                        vu32 index, unsigned undecided) {
+  compress_store(hd + count, inputs, undecided);
   compress_store(hi + count, index, undecided);
   return count + __builtin_popcount(undecided);
+}
+
+// Stage 1 over the full registers of one block (m elements); the undecided lanes are set aside
+// into hd/hi from `count` on. Returns the index of the first element not done (the block's tail).
+// kBranchless: set lanes aside without a branch, for blocks where many are (dense data at an α
+// such as 0.3, where 4 % of the results sit next to a midpoint): a branch taken for a third of
+// the registers costs more than the copies. Same bits either way; only the speed depends on it.
+template <int D, int S, int O, bool kAlphaExact, bool kBranchless>
+EXPO_INLINE int stage1_block(const uint16_t* db, const uint16_t* sb, uint16_t* ob, int m, vf a32,
+                             vf bound_delta, uint32_t* hd, uint32_t* hi, int& count) {
+  auto keep = [&](vu32 dword, vu32 sword, vu32 index, vi32 decided) {
+    unsigned undecided = undecided_bits(decided);
+    if (kBranchless) {
+      compress_store(hd + count, both_inputs<D, S>(dword, sword), undecided);
+      compress_store(hi + count, index, undecided);
+      count += __builtin_popcount(undecided);
+    } else if (__builtin_expect(undecided != 0, 0)) {
+      count = set_aside(hd, hi, count, both_inputs<D, S>(dword, sword), index, undecided);
+    }
+  };
+  vu32 iota;
+  for (int lane = 0; lane < L32; ++lane) iota[lane] = lane;
+  int i = 0;
+#if EXPO_VBYTES >= 32
+  vu32 pair_lo, pair_hi;
+  for (int lane = 0; lane < L32; ++lane) pair_lo[lane] = 8 * (lane / 4) + lane % 4;
+  pair_hi = pair_lo + 4u;
+  for (; i + 2 * L32 <= m; i += 2 * L32) {
+    vu32 dlo, dhi, slo, shi;
+    load_word_pairs<D>(db + i, dlo, dhi);
+    load_word_pairs<S>(sb + i, slo, shi);
+    vi32 decided_lo, decided_hi;
+    vu32 lo = stage1_lanes<O, kAlphaExact>(word_value<D>(dlo), word_value<S>(slo), a32,
+                                           bound_delta, decided_lo);
+    vu32 hi_bits = stage1_lanes<O, kAlphaExact>(word_value<D>(dhi), word_value<S>(shi), a32,
+                                                bound_delta, decided_hi);
+    store_pairs(ob + i, lo, hi_bits);
+    const uint32_t at = static_cast<uint32_t>(i);
+    keep(dlo, slo, pair_lo + at, decided_lo);
+    keep(dhi, shi, pair_hi + at, decided_hi);
+  }
+#endif
+  for (; i + L32 <= m; i += L32) {
+    vu32 dword = load_words<D>(db + i);
+    vu32 sword = load_words<S>(sb + i);
+    vi32 decided;
+    vu32 bits = stage1_lanes<O, kAlphaExact>(word_value<D>(dword), word_value<S>(sword), a32,
+                                             bound_delta, decided);
+    store<O, vu32, L32>(ob + i, bits);
+    keep(dword, sword, iota + static_cast<uint32_t>(i), decided);
+  }
+  return i;
 }
 
 // ---- the loop ----------------------------------------------------------------------------------
@@ -665,11 +782,9 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
   std::memcpy(&alpha_bits, &alpha_s, sizeof alpha_bits);
   const bool short_alpha = (alpha_bits & ((uint64_t{1} << 24) - 1)) == 0;
   const Alpha32 a = split_alpha(alpha_s);
-  const vf a32 = splat_f(a.a32), bound_alo = splat_f(a.bound);
+  const vf a32 = splat_f(a.a32), bound_delta = splat_f(a.bound);
   vi lane64;
   for (int lane = 0; lane < L64; ++lane) lane64[lane] = lane;
-  vu32 iota;
-  for (int lane = 0; lane < L32; ++lane) iota[lane] = lane;
   bool many_undecided = false;
 
   // The undecided lanes' input bits and indices; room for a whole register past the end. After
@@ -685,37 +800,11 @@ EXPO_INLINE void loop(const void* dpo, const void* sft, void* out, ptrdiff_t n, 
     int count = 0;
     int i = 0;
     if constexpr (kStage32) {
-      // Where the previous block left many lanes undecided (dense data at an α such as 0.3,
-      // where 4 % of the results sit next to a midpoint), set lanes aside without a branch: a
-      // branch taken for a third of the registers costs more than the copies. Same bits either
-      // way; only the speed depends on this.
-      if (many_undecided) {
-        for (; i + W <= m; i += W) {
-          vu32 draw = load<D, vu32, L32>(db + i);
-          vu32 sraw = load<S, vu32, L32>(sb + i);
-          vi32 decided;
-          vu32 bits = stage1_lanes<O, kAlphaExact>(decode32<D>(draw), decode32<S>(sraw), a32,
-                                                   bound_alo, decided);
-          store<O, vu32, L32>(ob + i, bits);
-          unsigned undecided = undecided_bits(decided);
-          compress_store(hd + count, draw | (sraw << 16), undecided);
-          compress_store(hi + count, iota + static_cast<uint32_t>(i), undecided);
-          count += __builtin_popcount(undecided);
-        }
-      } else {
-        for (; i + W <= m; i += W) {
-          vu32 draw = load<D, vu32, L32>(db + i);
-          vu32 sraw = load<S, vu32, L32>(sb + i);
-          vi32 decided;
-          vu32 bits = stage1_lanes<O, kAlphaExact>(decode32<D>(draw), decode32<S>(sraw), a32,
-                                                   bound_alo, decided);
-          store<O, vu32, L32>(ob + i, bits);
-          unsigned undecided = undecided_bits(decided);
-          if (__builtin_expect(undecided != 0, 0)) {
-            count = set_aside(hd, hi, count, draw, sraw, i, undecided);
-          }
-        }
-      }
+      i = many_undecided
+              ? stage1_block<D, S, O, kAlphaExact, true>(db, sb, ob, m, a32, bound_delta, hd, hi,
+                                                          count)
+              : stage1_block<D, S, O, kAlphaExact, false>(db, sb, ob, m, a32, bound_delta, hd,
+                                                           hi, count);
       many_undecided = count > kBlock / 64;
     } else {
       for (; i + W <= m; i += W) {
