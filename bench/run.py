@@ -146,6 +146,9 @@ def main() -> None:
     args = ap.parse_args()
     tools = args.tools.split(",")
     expo = shutil.which("expo-stream")
+    if expo is None:
+        sys.exit("bench/run.py: expo-stream is not on PATH (activate the environment it is "
+                 "installed in, e.g. `. .venv/bin/activate`)")
     if args.simd:
         os.environ["EXPO_STREAM_SIMD"] = args.simd
     version = subprocess.run([expo, "--version"], capture_output=True, text=True, check=True)
