@@ -73,7 +73,7 @@ def _encode(tokenizer, pair: dict, max_response: int) -> tuple[list[int], list[i
 def collate(tokenizer, pairs: list[dict], max_response: int) -> dict:
     """Rows chosen_0…chosen_{B-1}, rejected_0…rejected_{B-1} with weight 1 on response tokens
     (the layout ``ddpo.collate`` uses, without images)."""
-    import torch
+    from expo_stream.multimodal.ddpo import pad_rows
 
     seqs, weights = [], []
     encoded = [_encode(tokenizer, p, max_response) for p in pairs]
@@ -81,16 +81,8 @@ def collate(tokenizer, pairs: list[dict], max_response: int) -> dict:
         for enc in encoded:
             seqs.append(enc[0] + enc[side])
             weights.append([0.0] * len(enc[0]) + [1.0] * len(enc[side]))
-    width = max(len(s) for s in seqs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    w = torch.zeros((len(seqs), width), dtype=torch.float32)
-    for i, (s, ws) in enumerate(zip(seqs, weights)):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-        w[i, :len(s)] = torch.tensor(ws)
-    return {"input_ids": ids, "attention_mask": mask, "weights": w}
+    return pad_rows(seqs, weights, pad)
 
 
 def sequence_logps(model, batch: dict):

@@ -116,6 +116,16 @@ def collate(items: list[Encoded], pad_id: int) -> dict:
             resp, w = getattr(it, f"{side}_ids"), getattr(it, f"{side}_weights")
             seqs.append(it.prompt_ids + resp)
             weights.append([0.0] * len(it.prompt_ids) + w)
+    batch = pad_rows(seqs, weights, pad_id)
+    pixels = torch.stack([it.pixel_values for it in items])
+    return {**batch, "pixel_values": torch.cat([pixels, pixels]), "ids": [it.id for it in items]}
+
+
+def pad_rows(seqs: list[list[int]], weights: list[list[float]], pad_id: int) -> dict:
+    """Token rows and their per-token weights, right-padded into ``input_ids``,
+    ``attention_mask`` and ``weights`` tensors (padding: ``pad_id``, mask 0, weight 0)."""
+    import torch
+
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -124,9 +134,7 @@ def collate(items: list[Encoded], pad_id: int) -> dict:
         input_ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(s)] = 1
         w[i, :len(s)] = torch.tensor(ws)
-    pixels = torch.stack([it.pixel_values for it in items])
-    return {"input_ids": input_ids, "attention_mask": mask, "weights": w,
-            "pixel_values": torch.cat([pixels, pixels]), "ids": [it.id for it in items]}
+    return {"input_ids": input_ids, "attention_mask": mask, "weights": w}
 
 
 def token_logps(logits, input_ids):

@@ -58,10 +58,9 @@ class HubSink:
 
     def __init__(self, plan: Plan, staging: Staging, subdirs: list[str], repo_id: str, *,
                  private: bool = False, check=None, verified=lambda file: True):
-        from huggingface_hub import HfApi, constants
+        from huggingface_hub import HfApi
 
-        if constants.HF_HUB_OFFLINE:
-            raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; pushing needs the Hub (unset it)")
+        _refuse_offline(repo_id)
         quiet_progress()  # the merge's own bar shows the work
         self.plan, self.staging, self.subdirs = plan, staging, list(subdirs)
         self.repo_id, self.check, self.verified = repo_id, check, verified
@@ -252,10 +251,9 @@ def upload_folder(folder: Path, repo_id: str, *, private: bool = False,
     Raises:
         HubError: offline, or the Hub refused (no token for a private repo, a moved branch...).
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
-    if constants.HF_HUB_OFFLINE:
-        raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; pushing needs the Hub (unset it)")
+    _refuse_offline(repo_id)
     api = HfApi(endpoint=endpoint(), token=token)
     with hub_errors(repo_id):
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -285,3 +283,10 @@ def folder_operations(folder: Path, skip: set[str] = frozenset()) -> list:
             content = (json.dumps(recipe, indent=2) + "\n").encode("utf-8")
         ops.append(CommitOperationAdd(path.relative_to(folder).as_posix(), content))
     return ops
+
+
+def _refuse_offline(repo_id: str) -> None:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set; pushing needs the Hub (unset it)")
